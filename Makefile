@@ -1,0 +1,33 @@
+# Two commands for a fresh machine: `make demo` and `make test`.
+# Each creates (or updates, when pyproject.toml changes) a virtualenv in .venv.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test parity clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -e '.[test,demo]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/jaxcls demo
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q
+
+# torchvision parity (optional): a second venv with torch next to jaxcls.
+.venv-torch/.installed: pyproject.toml
+	$(PYTHON) -m venv .venv-torch
+	.venv-torch/bin/pip install torch==2.14.1 torchvision==0.29.1
+	.venv-torch/bin/pip install -e '.[test]'
+	touch $@
+
+parity: .venv-torch/.installed
+	.venv-torch/bin/python -m pytest -q tests/test_parity.py
+
+clean:
+	rm -rf $(VENV) .venv-torch

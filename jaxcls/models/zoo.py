@@ -1,0 +1,74 @@
+"""The lesson's `arch` values: `resnet18`, `resnet34`, `resnet50` build a model and its variables."""
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from .archs import arch_constructor, get_arch
+from .resnet import ResNet
+
+# Initialising at 64 px gives the same parameter shapes as 224 px at a fraction of the cost.
+_INIT_SIZE = 64
+
+
+class Model(NamedTuple):
+    """A Flax module and its variables ({'params', 'batch_stats'}); unpacks as `module, variables`."""
+
+    module: ResNet
+    variables: dict
+
+
+def build(arch: Any, num_classes: Optional[int] = 1000, pretrained: bool = False,
+          weights: Any = None, dtype: Any = jnp.float32, key: Optional[jax.Array] = None) -> Model:
+    """Build `arch` with random or pretrained variables.
+
+    Args:
+      arch: 'resnet34', a constructor such as `resnet34`, or an ArchSpec.
+      num_classes: size of the final layer; None gives the body only (the feature map
+        before pooling), as used for transfer learning.
+      pretrained: load ImageNet weights through `jaxcls.models.weights` (a local file
+        is looked up, then downloaded; offline, the error says where to put it).
+      weights: explicit weight file path (implies pretrained).
+      dtype: computation dtype, e.g. jnp.bfloat16; parameters are float32.
+      key: PRNG key for the random initialisation (default PRNGKey(0)).
+    """
+    spec = get_arch(arch)
+    module = ResNet(spec.stage_sizes, spec.block, num_classes, dtype)
+    key = jax.random.PRNGKey(0) if key is None else key
+    variables = jax.jit(lambda k: module.init(k, jnp.zeros((1, _INIT_SIZE, _INIT_SIZE, 3)),
+                                              train=False))(key)
+    variables = {'params': variables['params'], 'batch_stats': variables['batch_stats']}
+    if pretrained or weights is not None:
+        from .weights import load_pretrained  # numpy-only file parsing, imported when needed
+        loaded = load_pretrained(spec, weights, include_fc=num_classes == 1000)
+        variables = merge_variables(variables, loaded)
+    return Model(module, variables)
+
+
+def merge_variables(base: dict, loaded: dict) -> dict:
+    """`base` with every array that `loaded` has at the same path replaced (as jnp arrays)."""
+    def merge(b, l):
+        if isinstance(b, dict):
+            return {k: merge(v, l[k]) if k in l else v for k, v in b.items()}
+        return jnp.asarray(l, dtype=b.dtype)
+    return {k: merge(base[k], loaded[k]) if k in loaded else base[k] for k in base}
+
+
+@arch_constructor('resnet18')
+def resnet18(num_classes: Optional[int] = 1000, pretrained: bool = False, **kwargs) -> Model:
+    """ResNet18 (torchvision layout). `module, variables = resnet18(num_classes=10)`."""
+    return build('resnet18', num_classes, pretrained, **kwargs)
+
+
+@arch_constructor('resnet34')
+def resnet34(num_classes: Optional[int] = 1000, pretrained: bool = False, **kwargs) -> Model:
+    """ResNet34 (torchvision layout), the lesson's arch. `module, variables = resnet34(num_classes=2)`."""
+    return build('resnet34', num_classes, pretrained, **kwargs)
+
+
+@arch_constructor('resnet50')
+def resnet50(num_classes: Optional[int] = 1000, pretrained: bool = False, **kwargs) -> Model:
+    """ResNet50 v1.5 (stride in the 3x3 conv, torchvision layout)."""
+    return build('resnet50', num_classes, pretrained, **kwargs)

@@ -1,0 +1,169 @@
+"""Pure training, evaluation and prediction steps: `train_step(state, batch) -> (state, metrics)`.
+
+A batch is a dict: 'image' (NHWC; float and normalised, or uint8 when the step has
+a `preprocess`), 'label' (int class indices, or float one-hot/multi-hot targets for
+multi-label), and optionally 'mask' (1.0 for real rows, 0.0 for padding, so a padded
+last batch is counted exactly once and never compiles a second shape).
+
+The factories return plain functions; `train_step`, `eval_step` and `predict_step`
+are ready-made jitted versions (state buffers donated) for the common case.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from .state import TrainState
+
+Preprocess = Callable[[jax.Array, jax.Array], jax.Array]  # (key, images) -> float images
+
+# Salt folded into the per-step key to derive independent dropout and augmentation keys.
+_DROPOUT, _AUGMENT = 0, 1
+
+
+def _mask(batch: dict) -> jax.Array:
+    n = batch['image'].shape[0]
+    return batch['mask'].astype(jnp.float32) if 'mask' in batch else jnp.ones((n,), jnp.float32)
+
+
+def softmax_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-example cross-entropy for integer labels (single-label classification)."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+
+
+def sigmoid_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-example binary cross-entropy, averaged over classes (multi-label classification)."""
+    return optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32),
+                                              labels.astype(jnp.float32)).mean(-1)
+
+
+def softmax_correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """1.0 where the arg-max class is the label."""
+    return (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+
+
+def sigmoid_correct(logits: jax.Array, labels: jax.Array, thresh: float = 0.5) -> jax.Array:
+    """Per-example fraction of labels right when each sigmoid output is thresholded at 0.5."""
+    pred = jax.nn.sigmoid(logits.astype(jnp.float32)) > thresh
+    return (pred == (labels > 0.5)).astype(jnp.float32).mean(-1)
+
+
+LOSSES = {'softmax': (softmax_loss, softmax_correct), 'sigmoid': (sigmoid_loss, sigmoid_correct)}
+
+
+def _loss_fns(loss: str):
+    if loss not in LOSSES:
+        raise ValueError(f"loss={loss!r} is not known; use 'softmax' (one class per image) or "
+                         "'sigmoid' (multi-label)")
+    return LOSSES[loss]
+
+
+def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+    return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def step_keys(rng: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(dropout key, augmentation key) for a step: the same run key and step give the same keys."""
+    k = jax.random.fold_in(rng, step)
+    return jax.random.fold_in(k, _DROPOUT), jax.random.fold_in(k, _AUGMENT)
+
+
+def make_train_step(loss: str = 'softmax', preprocess: Optional[Preprocess] = None,
+                    frozen: Any = None, model_kwargs: Optional[dict] = None
+                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """Build a pure `train_step(state, batch) -> (state, metrics)`; jit it yourself.
+
+    Args:
+      loss: 'softmax' (integer labels) or 'sigmoid' (multi-label float targets).
+      preprocess: `(key, images) -> float images` run inside the step, e.g. on-device
+        augmentation of uint8 batches; None means images arrive ready.
+      frozen: a pytree of bools like the params, True for parameters that get no
+        gradient (their backward pass is not computed at all); None trains everything.
+      model_kwargs: extra keyword arguments for `apply_fn` in training mode.
+
+    Metrics: 'loss' and 'accuracy' as means over the real (mask 1) rows, 'count' the
+    number of real rows, 'lr'-free: read the rate from the optimizer state.
+    """
+    loss_fn, correct_fn = _loss_fns(loss)
+    kwargs = dict(model_kwargs or {})
+
+    def train_step(state: TrainState, batch: dict):
+        dropout_key, aug_key = step_keys(state.rng, state.step)
+        images = batch['image']
+        if preprocess is not None:
+            images = preprocess(aug_key, images)
+        mask = _mask(batch)
+
+        def objective(params):
+            if frozen is not None:
+                params = jax.tree_util.tree_map(
+                    lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
+            logits, updates = state.apply_fn(
+                {'params': params, 'batch_stats': state.batch_stats}, images, train=True,
+                rngs={'dropout': dropout_key}, mutable=['batch_stats'], **kwargs)
+            return _masked_mean(loss_fn(logits, batch['label']), mask), (logits, updates)
+
+        (value, (logits, updates)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        new_state = state.apply_gradients(grads, updates.get('batch_stats', state.batch_stats))
+        metrics = {'loss': value, 'accuracy': _masked_mean(correct_fn(logits, batch['label']), mask),
+                   'count': jnp.sum(mask)}
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(loss: str = 'softmax', preprocess: Optional[Callable[[jax.Array], jax.Array]] = None,
+                   model_kwargs: Optional[dict] = None) -> Callable[[TrainState, dict], dict]:
+    """Build a pure `eval_step(state, batch) -> metrics` (inference mode, running BN statistics).
+
+    Metrics are sums over the real rows ('loss_sum', 'correct_sum', 'count') so batches
+    add up exactly; divide by 'count' at the end.
+    """
+    loss_fn, correct_fn = _loss_fns(loss)
+    kwargs = dict(model_kwargs or {})
+
+    def eval_step(state: TrainState, batch: dict) -> dict:
+        images = batch['image'] if preprocess is None else preprocess(batch['image'])
+        logits = state.apply_fn(state.variables, images, train=False, **kwargs)
+        mask = _mask(batch)
+        return {'loss_sum': jnp.sum(loss_fn(logits, batch['label']) * mask),
+                'correct_sum': jnp.sum(correct_fn(logits, batch['label']) * mask),
+                'count': jnp.sum(mask)}
+
+    return eval_step
+
+
+def make_predict_step(loss: str = 'softmax', preprocess: Optional[Callable[[jax.Array], jax.Array]] = None,
+                      model_kwargs: Optional[dict] = None) -> Callable[[TrainState, dict], jax.Array]:
+    """Build a pure `predict_step(state, batch) -> log-probabilities` (softmax) or probabilities (sigmoid)."""
+    _loss_fns(loss)
+    kwargs = dict(model_kwargs or {})
+
+    def predict_step(state: TrainState, batch: dict) -> jax.Array:
+        images = batch['image'] if preprocess is None else preprocess(batch['image'])
+        logits = state.apply_fn(state.variables, images, train=False, **kwargs).astype(jnp.float32)
+        return jax.nn.log_softmax(logits) if loss == 'softmax' else jax.nn.sigmoid(logits)
+
+    return predict_step
+
+
+train_step = jax.jit(make_train_step(), donate_argnums=0)
+train_step.__doc__ = """Jitted softmax `train_step(state, batch) -> (state, metrics)`; `state` is donated.
+
+>>> state, metrics = train_step(state, {'image': x, 'label': y})  # doctest: +SKIP
+"""
+eval_step = jax.jit(make_eval_step())
+predict_step = jax.jit(make_predict_step())
+
+
+def summarize(metric_sums: list[dict]) -> dict:
+    """Combine eval_step outputs into {'loss', 'accuracy', 'count'} over all real rows."""
+    count = float(sum(float(m['count']) for m in metric_sums))
+    if count == 0:
+        raise ValueError('no rows to summarize: every batch was empty or fully masked')
+    return {'loss': sum(float(m['loss_sum']) for m in metric_sums) / count,
+            'accuracy': sum(float(m['correct_sum']) for m in metric_sums) / count,
+            'count': count}
