@@ -113,7 +113,11 @@ class ResNet(nn.Module):
         (everything before average pooling), for transfer learning.
       dtype: computation dtype (bfloat16 for mixed precision); params stay float32.
 
-    Call: `module.apply(variables, x, train=False)` with x float NHWC, normalised.
+    Call: `module.apply(variables, x, train=False, bn_eval=())` with x float NHWC,
+    normalised. `bn_eval` names top-level children ('bn1', 'layer1', ...) whose
+    BatchNorms use their running statistics even when `train=True`: fastai's
+    frozen layer groups. Truncating `stage_sizes` (e.g. to 3 stages) cuts the body
+    earlier, as fastai's `xtra_cut` does.
     """
 
     stage_sizes: Sequence[int]
@@ -122,20 +126,21 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
+    def __call__(self, x, train: bool = False, bn_eval: Sequence[str] = ()):
         x = jnp.asarray(x, self.dtype)
         x = nn.Conv(64, (7, 7), (2, 2), ((3, 3), (3, 3)), use_bias=False,
                     kernel_init=conv_init, dtype=self.dtype, name='conv1')(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS,
-                         dtype=self.dtype, name='bn1')(x)
+        x = nn.BatchNorm(use_running_average=not train or 'bn1' in bn_eval, momentum=BN_MOMENTUM,
+                         epsilon=BN_EPS, dtype=self.dtype, name='bn1')(x)
         x = nn.relu(x)
         x = nn.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
         expansion = 1 if self.block == 'basic' else 4
         in_features = 64
         for i, n in enumerate(self.stage_sizes):
             features = 64 * 2 ** i
+            name = f'layer{i + 1}'
             x = Stage(self.block, features, n, 1 if i == 0 else 2, in_features, self.dtype,
-                      name=f'layer{i + 1}')(x, train)
+                      name=name)(x, train and name not in bn_eval)
             in_features = features * expansion
         if self.num_classes is None:
             return x
