@@ -22,7 +22,7 @@ test: $(VENV)/.installed
 # torchvision parity (optional): a second venv with torch next to jaxcls.
 .venv-torch/.installed: pyproject.toml
 	$(PYTHON) -m venv .venv-torch
-	.venv-torch/bin/pip install torch==2.14.1 torchvision==0.29.1
+	.venv-torch/bin/pip install torch==2.14.1 torchvision==0.29.1 safetensors
 	.venv-torch/bin/pip install -e '.[test]'
 	touch $@
 

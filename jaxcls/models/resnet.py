@@ -10,6 +10,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any, Optional, Sequence
 
+import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
@@ -21,6 +22,50 @@ dense_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
 # BatchNorm as torch: eps 1e-5, running = 0.9 * running + 0.1 * batch.
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.9
+
+
+class BatchNorm(nn.Module):
+    """torch's BatchNorm: normalise with the biased batch variance, but update the running
+    variance with the unbiased one (x n/(n-1)), which flax's nn.BatchNorm does not.
+
+    Parameters 'scale'/'bias' and statistics 'mean'/'var' are named as in flax, so
+    weight conversion is the same. Statistics are computed in float32 (two-pass) even
+    when `dtype` is bfloat16. Under `jit` with the batch sharded over devices, the
+    means are over the global batch (XLA inserts the all-reduce).
+
+    Attributes:
+      use_running_average: normalise with the stored statistics (inference, frozen layers).
+      momentum: weight of the old running value (torch's momentum 0.1 is 0.9 here).
+      epsilon: added to the variance (torch's default 1e-5).
+    """
+
+    use_running_average: bool = False
+    momentum: float = BN_MOMENTUM
+    epsilon: float = BN_EPS
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        c = x.shape[-1]
+        scale = self.param('scale', nn.initializers.ones, (c,), jnp.float32)
+        bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
+        ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((c,), jnp.float32))
+        ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones((c,), jnp.float32))
+        if self.use_running_average:
+            mean, var = ra_mean.value, ra_var.value
+        else:
+            axes = tuple(range(x.ndim - 1))
+            xf = x.astype(jnp.float32)
+            mean = xf.mean(axes)
+            var = jnp.square(xf - mean).mean(axes)
+            if not self.is_initializing():
+                n = x.size // c
+                m = self.momentum
+                ra_mean.value = m * ra_mean.value + (1 - m) * mean
+                ra_var.value = m * ra_var.value + (1 - m) * var * (n / max(n - 1, 1))
+        mul = scale * jax.lax.rsqrt(var + self.epsilon)
+        y = x.astype(jnp.float32) * mul + (bias - mean * mul)
+        return y.astype(self.dtype)
 
 
 def _torch_bias_init(fan_in: int):
@@ -41,8 +86,7 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         conv = partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype)
-        norm = partial(nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
-                       epsilon=BN_EPS, dtype=self.dtype)
+        norm = partial(BatchNorm, not train, dtype=self.dtype)
         y = conv(self.features, (3, 3), (self.stride, self.stride), ((1, 1), (1, 1)),
                  name='conv1')(x)
         y = nn.relu(norm(name='bn1')(y))
@@ -67,8 +111,7 @@ class Bottleneck(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         conv = partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype)
-        norm = partial(nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
-                       epsilon=BN_EPS, dtype=self.dtype)
+        norm = partial(BatchNorm, not train, dtype=self.dtype)
         y = conv(self.features, (1, 1), (1, 1), ((0, 0), (0, 0)), name='conv1')(x)
         y = nn.relu(norm(name='bn1')(y))
         y = conv(self.features, (3, 3), (self.stride, self.stride), ((1, 1), (1, 1)),
@@ -130,8 +173,7 @@ class ResNet(nn.Module):
         x = jnp.asarray(x, self.dtype)
         x = nn.Conv(64, (7, 7), (2, 2), ((3, 3), (3, 3)), use_bias=False,
                     kernel_init=conv_init, dtype=self.dtype, name='conv1')(x)
-        x = nn.BatchNorm(use_running_average=not train or 'bn1' in bn_eval, momentum=BN_MOMENTUM,
-                         epsilon=BN_EPS, dtype=self.dtype, name='bn1')(x)
+        x = BatchNorm(not train or 'bn1' in bn_eval, dtype=self.dtype, name='bn1')(x)
         x = nn.relu(x)
         x = nn.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
         expansion = 1 if self.block == 'basic' else 4
