@@ -1,0 +1,344 @@
+"""ImageClassifierData: the lesson's data object -- items, the decoded uint8 cache and the loaders, together.
+
+    data = ImageClassifierData.from_paths(PATH, tfms=tfms_from_model(resnet34, 224))
+    data.classes, data.c, data.val_y, data.trn_ds.fnames[:3], len(data.trn_dl)
+
+Each constructor (folders, CSV, arrays, TFDS) lists and validates the layout
+first (:mod:`jaxcls.data.items`), then decodes every split once into a uint8
+cache of side ``S`` (:mod:`jaxcls.data.decode`, default ``S = round(1.15 *
+sz)``, reused across runs from ``{path}/tmp/``), then wraps the arrays in
+:class:`~jaxcls.data.loader.DataLoader`\\ s: ``trn_dl`` shuffles (a new order per
+epoch from ``key``), ``val_dl`` and ``test_dl`` keep file order. Images reach the
+device as uint8; augmentation and normalisation (the ``tfms`` configs) run there.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from jaxcls.data import decode as dec
+from jaxcls.data import items as it
+from jaxcls.data.loader import DataLoader
+
+__all__ = ['ImageDataset', 'ImageClassifierData']
+
+
+class ImageDataset:
+    """One decoded split.
+
+    Attributes:
+      x: uint8 (N, S, S, 3) images (in RAM or a read-only memory map).
+      y: int64 (N,) class indices, float32 (N, c) multi-hot targets, or
+        int64 zeros for an unlabelled test split.
+      fnames: names relative to the dataset root ('train/cats/cat.1.jpg'), or
+        generated names ('trn[0]', 'train[0]') for arrays and TFDS.
+      classes, c, is_multi: as on the data object.
+      fingerprint: stable string identifying the decoded pixels (cache key for
+        precomputed activations).
+      skipped: (name, reason) of files found but not decoded.
+      cache_file: the .npy the images live in, or None.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray | None, fnames: Sequence[str],
+                 classes: Sequence, *, is_multi: bool = False, fingerprint: str = '',
+                 skipped: Sequence[tuple[str, str]] = (), cache_file: str | None = None,
+                 from_cache: bool = False, labelled: bool = True):
+        self.x = x
+        self.y = np.zeros((len(x),), np.int64) if y is None else y
+        self.fnames = list(fnames)
+        self.classes = list(classes)
+        self.is_multi = is_multi
+        self.fingerprint = fingerprint
+        self.skipped = list(skipped)
+        self.cache_file = cache_file
+        self.from_cache = from_cache
+        self.labelled = labelled and y is not None
+        if not (len(self.x) == len(self.y) == len(self.fnames)):
+            raise ValueError(f'{len(self.x)} images, {len(self.y)} targets and {len(self.fnames)} '
+                             f'names; they must match')
+
+    @classmethod
+    def from_decoded(cls, d: dec.Decoded, y: np.ndarray | None, classes: Sequence, *,
+                     is_multi: bool = False) -> 'ImageDataset':
+        """The decoded images with the targets of the rows that were kept."""
+        return cls(d.x, None if y is None else np.asarray(y)[d.kept], d.fnames, classes,
+                   is_multi=is_multi, fingerprint=d.fingerprint, skipped=d.skipped,
+                   cache_file=d.cache_file, from_cache=d.from_cache, labelled=y is not None)
+
+    @property
+    def c(self) -> int:
+        return len(self.classes)
+
+    @property
+    def cache_size(self) -> int:
+        return int(self.x.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+    def __repr__(self) -> str:
+        return (f'ImageDataset({len(self)} images {self.cache_size}px, {self.c} classes'
+                f'{", multi-label" if self.is_multi else ""}, fingerprint={self.fingerprint!r})')
+
+
+def _check_tfms(tfms) -> tuple[Any, Any]:
+    if tfms is None:
+        tfms = (None, None)
+    try:
+        trn, val = tfms
+    except (TypeError, ValueError):
+        raise TypeError(f'tfms must be a (train, valid) pair as returned by '
+                        f'tfms_from_model(arch, sz); got {tfms!r}') from None
+    for t in (trn, val):
+        if t is not None and not hasattr(t, 'sz'):
+            raise TypeError(f'tfms entries must be transform configs with .sz (from '
+                            f'tfms_from_model(arch, sz)); got {t!r}')
+    return trn, val
+
+
+def _resolve_size(tfms, cache_size: int | None) -> tuple[int | None, int]:
+    """(sz, cache size) from the tfms pair and an explicit cache_size."""
+    szs = [int(t.sz) for t in tfms if t is not None]
+    sz = max(szs) if szs else None
+    if cache_size is not None:
+        cache_size = int(cache_size)
+        if sz is not None and cache_size < sz:
+            raise ValueError(f'cache_size={cache_size} is smaller than the training size sz={sz}; '
+                             f'use cache_size >= {sz} (default {dec.default_cache_size(sz)})')
+        return sz, cache_size
+    if sz is None:
+        raise ValueError('ImageClassifierData needs an image size: pass '
+                         'tfms=tfms_from_model(arch, sz) (or cache_size=S for the decoded size)')
+    return sz, dec.default_cache_size(sz)
+
+
+def _no_regression(continuous: bool) -> None:
+    if continuous:
+        raise NotImplementedError('continuous=True (regression targets) is not supported: jaxcls '
+                                  'classifies; pass class labels (continuous=False)')
+
+
+class ImageClassifierData:
+    """Training, validation (and test) images, decoded once, with their loaders.
+
+    Attributes (fastai 0.7 names):
+      path: dataset root (caches go to ``{path}/tmp`` by default).
+      classes, c: class names (sorted) and their number.
+      is_multi: multi-label targets (float multi-hot) instead of class indices.
+      trn_ds, val_ds, test_ds: :class:`ImageDataset` (test_ds may be None).
+      trn_dl, val_dl, test_dl: :class:`DataLoader` (test_dl may be None).
+      trn_y, val_y: targets of the training and validation images.
+      bs, sz, tfms: batch size, training image size, (trn_cfg, val_cfg).
+      cache_size: side of the decoded uint8 squares.
+      skipped: (path, reason) of every file found but not used.
+
+    Construct with :meth:`from_paths`, :meth:`from_csv`, :meth:`from_arrays` or
+    :meth:`from_tfds`.
+    """
+
+    def __init__(self, path: str, trn_ds: ImageDataset, val_ds: ImageDataset,
+                 test_ds: ImageDataset | None = None, *, bs: int = 64, tfms=(None, None),
+                 key: Any = 0, drop_last: bool = False, prefetch: int = 2, mesh=None,
+                 skipped: Sequence[tuple[str, str]] = ()):
+        self.path = os.fspath(path)
+        self.tfms = _check_tfms(tfms)
+        self.trn_ds, self.val_ds, self.test_ds = trn_ds, val_ds, test_ds
+        self.classes = list(trn_ds.classes)
+        self.is_multi = trn_ds.is_multi
+        self.bs = int(bs)
+        szs = [int(t.sz) for t in self.tfms if t is not None]
+        self.sz = max(szs) if szs else trn_ds.cache_size
+        self.cache_size = trn_ds.cache_size
+        kw = dict(bs=self.bs, prefetch=prefetch, mesh=mesh)
+        self.trn_dl = DataLoader(trn_ds.x, trn_ds.y, shuffle=True, key=key, drop_last=drop_last, **kw)
+        self.val_dl = DataLoader(val_ds.x, val_ds.y, **kw)
+        self.test_dl = None if test_ds is None else DataLoader(test_ds.x, test_ds.y, **kw)
+        self.skipped = list(skipped) + [s for ds in (trn_ds, val_ds, test_ds) if ds is not None
+                                        for s in ds.skipped]
+
+    @property
+    def c(self) -> int:
+        return len(self.classes)
+
+    @property
+    def trn_y(self) -> np.ndarray:
+        return self.trn_ds.y
+
+    @property
+    def val_y(self) -> np.ndarray:
+        return self.val_ds.y
+
+    def denorm(self, x):
+        """Normalised float images (B, sz, sz, 3) back to 0..1 float HWC, for plotting."""
+        from jaxcls.data import transforms
+        if self.tfms[1] is None:
+            raise ValueError('denorm needs the valid transform config; build the data with '
+                             'tfms=tfms_from_model(arch, sz)')
+        return transforms.denorm(x, self.tfms[1])
+
+    def __repr__(self) -> str:
+        test = f', test={len(self.test_ds)}' if self.test_ds is not None else ''
+        return (f'ImageClassifierData(path={self.path!r}, classes={self.c}, '
+                f'train={len(self.trn_ds)}, valid={len(self.val_ds)}{test}, bs={self.bs}, '
+                f'sz={self.sz}, cache_size={self.cache_size}'
+                f'{", multi-label" if self.is_multi else ""})')
+
+    # ------------------------------------------------------------------ constructors
+
+    @classmethod
+    def _from_layout(cls, lay: it.Layout, *, bs, tfms, num_workers, cache_dir, on_bad,
+                     cache_size, key, quiet, drop_last, prefetch, mesh, names):
+        tfms = _check_tfms(tfms)
+        _, size = _resolve_size(tfms, cache_size)
+        cdir = os.path.join(lay.root, 'tmp') if cache_dir is None else cache_dir
+        kw = dict(cache_dir=cdir, num_workers=num_workers, on_bad=on_bad, quiet=quiet)
+        dss = []
+        for split, nm in zip((lay.train, lay.valid, lay.test), names):
+            if split is None:
+                dss.append(None)
+                continue
+            d = dec.decode_files(split.fnames, lay.root, size, name=nm, **kw)
+            if len(d.kept) == 0:
+                raise ValueError(f'none of the {len(split)} images in {nm} could be decoded, e.g. '
+                                 f'{d.skipped[:2]}; check the files (or on_bad)')
+            dss.append(ImageDataset.from_decoded(d, split.y, lay.classes, is_multi=lay.is_multi))
+        return cls(lay.root, *dss, bs=bs, tfms=tfms, key=key, drop_last=drop_last,
+                   prefetch=prefetch, mesh=mesh, skipped=lay.skipped)
+
+    @classmethod
+    def from_paths(cls, path: str, bs: int = 64, tfms=(None, None), trn_name: str = 'train',
+                   val_name: str = 'valid', test_name: str | None = None,
+                   test_with_labels: bool = False, num_workers: int | None = None,
+                   cache_dir: str | None | bool = None, on_bad: str = 'skip', *,
+                   cache_size: int | None = None, key: Any = 0, quiet: bool = False,
+                   drop_last: bool = False, prefetch: int = 2, mesh=None
+                   ) -> 'ImageClassifierData':
+        """Images in ``{path}/{trn_name}/<class>/`` and ``{path}/{val_name}/<class>/``.
+
+        Args:
+          path: dataset root.
+          bs: batch size.
+          tfms: ``tfms_from_model(arch, sz, ...)``; its sz sets the cache size.
+          trn_name, val_name, test_name, test_with_labels: folder names; see
+            :func:`jaxcls.data.items.folder_items`.
+          num_workers: decode threads (default os.cpu_count()).
+          cache_dir: where decoded caches live (default ``{path}/tmp``); False
+            keeps them in memory only.
+          on_bad: 'skip' (default: leave undecodable files out, warn once) or 'raise'.
+          cache_size: decoded square size (default ``round(1.15 * sz)``).
+          key: seed or PRNG key of the training shuffle.
+          quiet: no progress bars.
+          drop_last: drop the last partial training batch (default: pad and mask).
+          prefetch: batches kept ready on device.
+          mesh: device mesh with a 'data' axis (default: all devices).
+
+        >>> import tempfile, pathlib; from PIL import Image
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> for s in ('train', 'valid'):
+        ...     for c, col in (('cats', 'red'), ('dogs', 'blue')):
+        ...         (d / s / c).mkdir(parents=True)
+        ...         for i in range(3): Image.new('RGB', (24, 16), col).save(d / s / c / f'{i}.png')
+        >>> data = ImageClassifierData.from_paths(str(d), bs=4, cache_size=20)
+        >>> data.classes, data.val_y.tolist(), data.trn_ds.x.shape, len(data.trn_dl)
+        (['cats', 'dogs'], [0, 0, 0, 1, 1, 1], (6, 20, 20, 3), 2)
+        """
+        lay = it.folder_items(path, trn_name, val_name, test_name, test_with_labels)
+        return cls._from_layout(lay, bs=bs, tfms=tfms, num_workers=num_workers,
+                                cache_dir=cache_dir, on_bad=on_bad, cache_size=cache_size,
+                                key=key, quiet=quiet, drop_last=drop_last, prefetch=prefetch,
+                                mesh=mesh, names=(trn_name, val_name, test_name))
+
+    @classmethod
+    def from_csv(cls, path: str, folder: str, csv_fname: str, bs: int = 64, tfms=(None, None),
+                 val_idxs: Sequence[int] | None = None, suffix: str = '',
+                 test_name: str | None = None, continuous: bool = False, skip_header: bool = True,
+                 num_workers: int | None = None, cat_separator: str = ' ',
+                 cache_dir: str | None | bool = None, on_bad: str = 'skip', *,
+                 cache_size: int | None = None, key: Any = 0, quiet: bool = False,
+                 drop_last: bool = False, prefetch: int = 2, mesh=None
+                 ) -> 'ImageClassifierData':
+        """Images in ``{path}/{folder}`` labelled by a CSV (fname, labels); see
+        :func:`jaxcls.data.items.csv_items` for the CSV rules and the default
+        20 % validation split (fastai's seed 42). The positional order is
+        fastai 0.7's; `continuous` (regression) must stay False. Other
+        arguments as in :meth:`from_paths`.
+
+        >>> import tempfile, pathlib; from PIL import Image
+        >>> d = pathlib.Path(tempfile.mkdtemp()); (d / 'imgs').mkdir()
+        >>> for i in range(10): Image.new('RGB', (16, 16), 'red').save(d / 'imgs' / f'{i}.png')
+        >>> rows = ''.join(f'{i},{"cat" if i % 2 else "dog"}\\n' for i in range(10))
+        >>> _ = (d / 'labels.csv').write_text('id,label\\n' + rows)
+        >>> data = ImageClassifierData.from_csv(str(d), 'imgs', 'labels.csv', suffix='.png', cache_size=16)
+        >>> data.classes, len(data.trn_ds), data.val_ds.fnames
+        (['cat', 'dog'], 8, ['imgs/1.png', 'imgs/8.png'])
+        """
+        _no_regression(continuous)
+        lay = it.csv_items(path, folder, csv_fname, val_idxs, suffix, test_name, skip_header,
+                           cat_separator)
+        return cls._from_layout(lay, bs=bs, tfms=tfms, num_workers=num_workers,
+                                cache_dir=cache_dir, on_bad=on_bad, cache_size=cache_size,
+                                key=key, quiet=quiet, drop_last=drop_last, prefetch=prefetch,
+                                mesh=mesh, names=(f'{folder}-train', f'{folder}-valid', test_name))
+
+    @classmethod
+    def from_arrays(cls, path: str, trn: tuple, val: tuple, bs: int = 64, tfms=(None, None),
+                    classes: Sequence | None = None, num_workers: int | None = None,
+                    test: np.ndarray | None = None, continuous: bool = False, *,
+                    cache_size: int | None = None,
+                    key: Any = 0, drop_last: bool = False, prefetch: int = 2, mesh=None
+                    ) -> 'ImageClassifierData':
+        """Images already in memory: ``trn=(x, y)``, ``val=(x, y)``, optional unlabelled `test` x.
+
+        x is NHWC (or NHW) uint8 0..255 or float 0..1, of any size; it is
+        resized/cropped to the cache size like files are. If the images are
+        squares whose side lies between sz and the default cache size (e.g.
+        CIFAR's 32 px at sz=32), they are kept at their own size instead of
+        being resampled. y is 1-D class indices or 2-D multi-hot targets;
+        `classes` defaults to ``['0', '1', ...]``. Nothing is written under
+        `path`.
+
+        >>> x = np.random.default_rng(0).integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)
+        >>> y = np.arange(10) % 2
+        >>> data = ImageClassifierData.from_arrays('.', (x, y), (x[:4], y[:4]), bs=4, cache_size=32)
+        >>> data.classes, data.c, bool((data.trn_ds.x == x).all())
+        (['0', '1'], 2, True)
+        """
+        _no_regression(continuous)
+        tfms = _check_tfms(tfms)
+        (xt, yt), (xv, yv) = trn, val
+        yt, yv, classes, is_multi = it.array_labels(yt, yv, classes)
+        if cache_size is None:
+            sz, size = _resolve_size(tfms, None)
+            shape = np.shape(xt)
+            if len(shape) >= 3 and shape[1] == shape[2] and sz <= shape[1] <= size:
+                size = int(shape[1])
+        else:
+            _, size = _resolve_size(tfms, cache_size)
+
+        def ds(x, y, nm):
+            if len(x) != len(y):
+                raise ValueError(f'{nm} has {len(x)} images but {len(y)} labels; pass one per image')
+            xa = dec.decode_arrays(x, size, num_workers=num_workers)
+            return ImageDataset(xa, y, [f'{nm}[{i}]' for i in range(len(xa))], classes,
+                                is_multi=is_multi, fingerprint=dec.array_fingerprint(xa))
+
+        trn_ds, val_ds = ds(xt, yt, 'trn'), ds(xv, yv, 'val')
+        test_ds = None
+        if test is not None:
+            xa = dec.decode_arrays(test, size, num_workers=num_workers)
+            test_ds = ImageDataset(xa, None, [f'test[{i}]' for i in range(len(xa))], classes,
+                                   is_multi=is_multi, fingerprint=dec.array_fingerprint(xa))
+        return cls(path, trn_ds, val_ds, test_ds, bs=bs, tfms=tfms, key=key,
+                   drop_last=drop_last, prefetch=prefetch, mesh=mesh)
+
+    @classmethod
+    def from_tfds(cls, name: str, data_dir: str | None = None, split=('train', 'test'),
+                  bs: int = 64, tfms=(None, None), **kwargs) -> 'ImageClassifierData':
+        """A prepared TensorFlow Datasets dataset; see :func:`jaxcls.data.tfds.from_tfds`."""
+        from jaxcls.data.tfds import from_tfds
+        return from_tfds(name, data_dir=data_dir, split=split, bs=bs, tfms=tfms, **kwargs)
