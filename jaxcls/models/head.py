@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence
 import jax.numpy as jnp
 from flax import linen as nn
 
-from .resnet import BN_EPS, BN_MOMENTUM, ResNet
+from .resnet import BatchNorm, ResNet
 
 # fastai 0.7 `apply_init(fc_model, kaiming_normal)`: torch's kaiming_normal_ (fan_in,
 # gain sqrt(2)) on Linear weights, biases filled with 0.
@@ -52,8 +52,7 @@ class Head(nn.Module):
                              'give one dropout probability per layer')
         sizes = tuple(self.xtra_fc) + (self.num_classes,)
         for i, (p, n) in enumerate(zip(ps, sizes)):
-            x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS,
-                             dtype=self.dtype, name=f'bn{i}')(x)
+            x = BatchNorm(not train, dtype=self.dtype, name=f'bn{i}')(x)
             if p:
                 x = nn.Dropout(p, deterministic=not train)(x)
             x = nn.Dense(n, kernel_init=head_dense_init, bias_init=nn.initializers.zeros,

@@ -73,7 +73,10 @@ def _is_inject(x) -> bool:
 
 def _as_f32(value) -> jax.Array:
     # Always a strong float32 scalar: a weak-typed Python float here would change the
-    # step's signature and recompile it.
+    # step's signature and recompile it. A float32 jax array is kept as it is, so a
+    # caller can place it (e.g. replicated over a device mesh) first.
+    if isinstance(value, jax.Array) and value.dtype == jnp.float32 and not value.weak_type:
+        return value
     return jnp.asarray(np.float32(value))
 
 

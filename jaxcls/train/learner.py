@@ -1,0 +1,687 @@
+"""ConvLearner: the lesson-1 workflow on top of the pure steps.
+
+The learner holds state (data, network, TrainState, layer-group settings, the
+precomputed features) and calls jitted pure functions. One compiled train step
+exists per (trainable layer groups, precompute, BatchNorm mode, dtype,
+transforms) configuration; learning rates and momentum change through the
+optimizer state, so lr_find, fit with any rates and SGDR reuse it.
+
+    >>> data = ImageClassifierData.from_paths(PATH, tfms=tfms_from_model(resnet34, 224))  # doctest: +SKIP
+    >>> learn = ConvLearner.pretrained(resnet34, data, precompute=True)                     # doctest: +SKIP
+    >>> learn.fit(0.01, 3)                                                                   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jaxcls.data import transforms as T
+from jaxcls.data.loader import DataLoader
+from jaxcls.models.archs import ArchSpec, get_arch
+from jaxcls.models.head import XTRA_FC, ConvNet, Head
+from jaxcls.models.resnet import ResNet
+from jaxcls.models.zoo import merge_variables
+
+from . import checkpoint as ckpt
+from . import lr_find as lrf
+from . import precompute as pre
+from .callbacks import Callback, Recorder, smooth
+from .metrics import accuracy, accuracy_thresh, bce_loss, nll_loss
+from .optim import (MOMENTUM, layer_group_sgd, set_group_hyperparams)
+from .schedules import (DIV, DIV_FINAL, MOMS, PCT_START, lr_range, one_cycle, one_cycle_momentum,
+                        sgdr, sgdr_epochs, table)
+from .state import TrainState, create_train_state
+from .steps import make_train_step
+
+# Parameters are initialised on a 64 px input: the shapes do not depend on the size.
+_INIT_SIZE = 64
+_BN_MODES = ('eval', 'train')
+
+
+class TrainingDiverged(FloatingPointError):
+    """The training loss stopped being a finite number."""
+
+
+class ConvLearner:
+    """A pretrained body + fastai's head, trained the fastai 0.7 way. Build with `pretrained`.
+
+    Attributes (fastai 0.7 names): data, model (the Flax ConvNet), sched (a Recorder
+    of the last fit or lr_find), precompute, n_groups (layer groups: 3 for ResNets),
+    state (the TrainState), history (per-epoch logs of every fit).
+    """
+
+    def __init__(self, data, spec: ArchSpec, net: ConvNet, variables: dict, *,
+                 precompute: bool = False, bn_frozen: str = 'eval', seed: int = 0,
+                 metrics: Optional[Sequence[Callable]] = None, quiet: bool = False,
+                 precompute_aug: int = 0, arch_name: Optional[str] = None,
+                 head_desc: Optional[dict] = None):
+        if bn_frozen not in _BN_MODES:
+            raise ValueError(f"bn_frozen={bn_frozen!r}; use 'eval' (frozen layer groups use their "
+                             "running statistics, fastai's default) or 'train' (they keep updating)")
+        if data.tfms[0] is None or data.tfms[1] is None:
+            raise ValueError('the data has no transforms; build it with '
+                             'tfms=tfms_from_model(arch, sz) so images are cropped and normalised '
+                             "with the arch's statistics")
+        self.data, self.spec, self.model = data, spec, net
+        self.arch_name = arch_name or spec.name
+        self.head_desc = head_desc or {}
+        self.bn_frozen, self.quiet = bn_frozen, quiet
+        self.seed = seed
+        self.is_multi = bool(data.is_multi)
+        self.loss = 'sigmoid' if self.is_multi else 'softmax'
+        self.metrics = list(metrics) if metrics is not None else (
+            [accuracy_thresh(0.5)] if self.is_multi else [accuracy])
+        self.precompute_aug = int(precompute_aug)
+        self.dtype = jnp.float32
+        self.labels = self._group_labels(variables['params'])
+        self.n_groups = 3
+        self.trainable = (False, False, True)  # freeze(): only the head trains
+        self._txs: dict = {}
+        self._fns: dict = {}
+        self._features: dict = {}
+        self._feature_cache = pre.FeatureCache(os.path.join(data.path, 'tmp', 'precompute'))
+        self.state = self._place(create_train_state(net.apply, variables, self._tx(), rng=seed))
+        self.epoch = 0  # epochs trained so far: the data order of the next epoch
+        self.history: list[dict] = []
+        self.sched: Optional[Recorder] = None
+        self._precompute = False
+        self.precompute = precompute
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def pretrained(cls, arch: Any, data, ps: Optional[Sequence[float]] = None,
+                   xtra_fc: Optional[Sequence[int]] = None, xtra_cut: int = 0,
+                   custom_head: Any = None, precompute: bool = False, pretrained: bool = True,
+                   bn_frozen: str = 'eval', weights: Any = None, seed: int = 0,
+                   metrics: Optional[Sequence[Callable]] = None, quiet: bool = False,
+                   precompute_aug: int = 0) -> 'ConvLearner':
+        """A learner with an ImageNet-pretrained body (`pretrained=False`: random) and a new head.
+
+        Args:
+          arch: `resnet34` (the constructor), 'resnet34', or an ArchSpec.
+          data: an ImageClassifierData.
+          ps: dropout before each head layer (default [0.25, 0.5]).
+          xtra_fc: sizes of the extra head layers (default [512]).
+          xtra_cut: cut this many more stages off the end of the body.
+          custom_head: a Flax module taking the body's feature map and returning logits.
+          precompute: train the head on stored body activations.
+          pretrained: load ImageNet weights (a local file, then a download).
+          bn_frozen: 'eval' (frozen groups' BatchNorms use running statistics) or 'train'.
+          weights: explicit weight file for the body.
+          seed: seeds the head's initialisation, dropout and augmentation.
+          metrics: functions `f(preds, targs) -> float` shown per epoch (default accuracy).
+          quiet: no progress bars or tables.
+          precompute_aug: with precompute, store this many augmented views of every
+            training image (epoch e trains on view e mod K); 0 stores the plain centre crop.
+        """
+        spec = get_arch(arch)
+        n_stages = len(spec.stage_sizes) - int(xtra_cut)
+        if not 1 <= n_stages <= len(spec.stage_sizes):
+            raise ValueError(f'xtra_cut={xtra_cut}: {spec.name} has {len(spec.stage_sizes)} stages; '
+                             f'use 0 to {len(spec.stage_sizes) - 1}')
+        body = ResNet(tuple(spec.stage_sizes[:n_stages]), spec.block, None)
+        if custom_head is None:
+            xtra = tuple(XTRA_FC if xtra_fc is None else xtra_fc)
+            head = Head(data.c, xtra, None if ps is None else tuple(ps))
+            desc = {'xtra_fc': list(xtra), 'ps': None if ps is None else list(ps)}
+        else:
+            head, desc = custom_head, {'custom_head': type(custom_head).__name__}
+        net = ConvNet(body, head, pool=custom_head is None)
+        key = jax.random.PRNGKey(seed)
+        variables = jax.jit(lambda k: net.init(
+            {'params': k, 'dropout': k}, jnp.zeros((1, _INIT_SIZE, _INIT_SIZE, 3))))(key)
+        variables = {'params': variables['params'], 'batch_stats': variables['batch_stats']}
+        if pretrained or weights is not None:
+            from jaxcls.models.weights import load_pretrained
+            loaded = load_pretrained(spec, weights, include_fc=False)
+            variables = {'params': {**variables['params'], 'body': merge_variables(
+                             variables['params']['body'], loaded['params'])},
+                         'batch_stats': {**variables['batch_stats'], 'body': merge_variables(
+                             variables['batch_stats']['body'], loaded['batch_stats'])}}
+        desc.update(xtra_cut=int(xtra_cut), pretrained=bool(pretrained or weights is not None))
+        return cls(data, spec, net, variables, precompute=precompute, bn_frozen=bn_frozen,
+                   seed=seed, metrics=metrics, quiet=quiet, precompute_aug=precompute_aug,
+                   head_desc=desc)
+
+    def _group_labels(self, params: dict) -> dict:
+        first = set(self.spec.layer_groups[0])
+        body = {k: jax.tree_util.tree_map(lambda _, g=(0 if k in first else 1): g, v)
+                for k, v in params['body'].items()}
+        return {'body': body, 'head': jax.tree_util.tree_map(lambda _: 2, params['head'])}
+
+    # ------------------------------------------------------------------ layer groups
+
+    def freeze_to(self, n: int) -> None:
+        """Train layer groups n.. only (fastai's freeze_to); earlier groups are frozen."""
+        if not -self.n_groups <= n < self.n_groups:
+            raise ValueError(f'freeze_to({n}): there are {self.n_groups} layer groups; '
+                             f'use 0 (train all) to {self.n_groups - 1} (head only)')
+        n %= self.n_groups
+        self.trainable = tuple(i >= n for i in range(self.n_groups))
+        if self._precompute and any(self.trainable[:-1]):
+            self._precompute = False  # a trainable body cannot use stored activations
+
+    def freeze(self) -> None:
+        """Train the head only (the state after construction)."""
+        self.freeze_to(self.n_groups - 1)
+
+    def unfreeze(self) -> None:
+        """Train every layer group; also turns precompute off."""
+        self.freeze_to(0)
+        self._precompute = False
+
+    @property
+    def precompute(self) -> bool:
+        """Train the head on stored body activations (set False to train on augmented images)."""
+        return self._precompute
+
+    @precompute.setter
+    def precompute(self, value: bool) -> None:
+        value = bool(value)
+        if value and any(self.trainable[:-1]):
+            raise ValueError('precompute=True needs a frozen body, but layer groups '
+                             f'{[i for i, t in enumerate(self.trainable[:-1]) if t]} are trainable; '
+                             'call learn.freeze() first')
+        if value:
+            self._ensure_features()
+        self._precompute = value
+
+    def half(self) -> 'ConvLearner':
+        """Compute in bfloat16 (parameters and BatchNorm statistics stay float32)."""
+        return self._set_dtype(jnp.bfloat16)
+
+    def float(self) -> 'ConvLearner':
+        """Compute in float32 again."""
+        return self._set_dtype(jnp.float32)
+
+    def _set_dtype(self, dtype) -> 'ConvLearner':
+        if dtype == self.dtype:
+            return self
+        body = self.model.body.clone(dtype=dtype)
+        head = self.model.head.clone(dtype=dtype) if hasattr(self.model.head, 'dtype') else self.model.head
+        self.model = self.model.clone(body=body, head=head)
+        self.dtype = dtype
+        self.state = self.state.replace(apply_fn=self.model.apply)
+        self._fns.clear()
+        if self._precompute:
+            self._ensure_features()
+        return self
+
+    # ------------------------------------------------------------------ compiled functions
+
+    def _tx(self):
+        if self.trainable not in self._txs:
+            self._txs[self.trainable] = layer_group_sgd(self.labels, self.trainable, MOMENTUM)
+        return self._txs[self.trainable]
+
+    def _bn_eval(self) -> tuple[str, ...]:
+        if self.bn_frozen == 'train':
+            return ()
+        names: list[str] = []
+        for g, trainable in enumerate(self.trainable[:-1]):
+            if not trainable:
+                names += self.spec.layer_groups[g]
+        return tuple(names)
+
+    def _fn(self, kind: str, **extra):
+        cfg = self.data.tfms[0] if kind in ('train', 'tta', 'aug_features') else self.data.tfms[1]
+        key = (kind, self.trainable if kind == 'train' else None,
+               self._precompute if kind in ('train', 'predict') else None,
+               self.bn_frozen, jnp.dtype(self.dtype).name, cfg, tuple(sorted(extra.items())))
+        if key not in self._fns:
+            self._fns[key] = self._build_fn(kind, cfg, **extra)
+        return self._fns[key]
+
+    def _build_fn(self, kind: str, cfg, **extra):
+        net = self.model
+        if kind == 'train':
+            frozen = jax.tree_util.tree_map(lambda g: not self.trainable[g], self.labels)
+            if self._precompute:
+                step = make_train_step(self.loss, None, frozen, {'method': ConvNet.head_only})
+            else:
+                step = make_train_step(self.loss, lambda k, x: T.augment(k, x, cfg), frozen,
+                                       {'bn_eval': self._bn_eval()})
+            return jax.jit(step, donate_argnums=0)
+        final = jax.nn.sigmoid if self.is_multi else jax.nn.log_softmax
+        if kind == 'predict':
+            if self._precompute:
+                return jax.jit(lambda v, f: final(net.apply(v, f, method=ConvNet.head_only)
+                                                  .astype(jnp.float32)))
+            return jax.jit(lambda v, x: final(net.apply(v, T.val_transform(x, cfg))
+                                              .astype(jnp.float32)))
+        if kind == 'predict_uint8':
+            return jax.jit(lambda v, x: final(net.apply(v, T.val_transform(x, cfg))
+                                              .astype(jnp.float32)))
+        if kind == 'predict_float':
+            return jax.jit(lambda v, x: final(net.apply(v, x.astype(jnp.float32))
+                                              .astype(jnp.float32)))
+        if kind == 'features':
+            return jax.jit(lambda v, x: net.apply(v, T.val_transform(x, cfg),
+                                                  method=ConvNet.features).astype(jnp.float32))
+        if kind == 'aug_features':
+            return jax.jit(lambda v, k, x: net.apply(v, T.augment(k, x, cfg),
+                                                     method=ConvNet.features).astype(jnp.float32))
+        if kind == 'tta':
+            def tta(v, keys, x):
+                one = lambda k: final(net.apply(v, T.augment(k, x, cfg)).astype(jnp.float32))
+                return jax.vmap(one)(keys)
+            return jax.jit(tta)
+        raise ValueError(kind)
+
+    # ------------------------------------------------------------------ precompute
+
+    def _body_digest(self) -> str:
+        return pre.tree_digest({'params': self.state.params['body'],
+                                'batch_stats': self.state.batch_stats['body']})
+
+    def _ensure_features(self) -> None:
+        """Compute (or load) the body's activations for train, valid and test."""
+        digest = self._body_digest()
+        base = dict(arch=self.arch_name, stages=list(self.model.body.stage_sizes),
+                    dtype=jnp.dtype(self.dtype).name, val_cfg=repr(self.data.tfms[1]),
+                    body=digest)
+        if self._features.get('base') == base:
+            return
+        variables = self.state.variables
+        feats = {'base': base}
+        splits = [('valid', self.data.val_ds), ('test', self.data.test_ds)]
+        todo = []
+        if self.precompute_aug:
+            for v in range(self.precompute_aug):
+                todo.append((f'train_aug{v}', self.data.trn_ds, v))
+        else:
+            todo.append(('train', self.data.trn_ds, None))
+        todo += [(n, ds, None) for n, ds in splits if ds is not None]
+        bar = self._bar(sum(len(ds) for _, ds, _ in todo), 'precompute')
+        for name, ds, view in todo:
+            key = pre.features_key(**base, split=name, data=ds.fingerprint, n=len(ds),
+                                   trn_cfg=repr(self.data.tfms[0]) if view is not None else None,
+                                   seed=self.seed if view is not None else None)
+            arr = self._feature_cache.get(key) if ds.fingerprint else None
+            if arr is None:
+                if view is None:
+                    f = self._fn('features')
+                    fn = lambda x, f=f: f(variables, x)
+                else:
+                    f = self._fn('aug_features')
+                    k = jax.random.fold_in(jax.random.PRNGKey(self.seed), 1000 + view)
+                    counter = iter(range(10 ** 9))
+                    fn = lambda x, f=f, k=k: f(variables, jax.random.fold_in(k, next(counter)), x)
+                arr = pre.compute_features(fn, ds.x, self.data.bs, progress=bar.update if bar else None)
+                if ds.fingerprint:
+                    self._feature_cache.put(key, arr)
+            elif bar:
+                bar.update(len(ds))
+            feats[name] = arr
+        if bar:
+            bar.close()
+        self._features = feats
+        self._feature_loaders: dict = {}
+
+    def _train_loader(self, epoch: int) -> DataLoader:
+        if not self._precompute:
+            return self.data.trn_dl
+        name = f'train_aug{epoch % self.precompute_aug}' if self.precompute_aug else 'train'
+        if name not in self._feature_loaders:
+            dl = self.data.trn_dl
+            self._feature_loaders[name] = DataLoader(
+                self._features[name], self.data.trn_ds.y, self.data.bs, shuffle=True, key=dl.key,
+                drop_last=dl.drop_last, mesh=dl.mesh)
+        return self._feature_loaders[name]
+
+    # ------------------------------------------------------------------ training
+
+    def _per_group(self, values: Any, what: str) -> np.ndarray:
+        arr = np.atleast_1d(np.asarray(values, np.float64))
+        if arr.size == 1:
+            return np.full(self.n_groups, float(arr[0]))
+        if arr.size != self.n_groups:
+            raise ValueError(f'{what}={arr.tolist()} has {arr.size} values but there are '
+                             f'{self.n_groups} layer groups; give one value or {self.n_groups}')
+        return arr
+
+    def _bar(self, total: int, desc: str):
+        if self.quiet or total == 0:
+            return None
+        from tqdm.auto import tqdm
+        return tqdm(total=total, desc=desc, leave=False, file=sys.stdout)
+
+    def _print(self, text: str) -> None:
+        if not self.quiet:
+            print(text, flush=True)
+
+    def fit(self, lrs: Any, n_cycle: int, wds: Any = None, cycle_len: Optional[int] = None,
+            cycle_mult: int = 1, callbacks: Optional[Sequence[Callback]] = None) -> list[dict]:
+        """Train for `n_cycle` cycles (epochs, without `cycle_len`) with SGD, momentum 0.9.
+
+        Args:
+          lrs: one learning rate, or one per layer group (e.g. np.array([1e-4, 1e-3, 1e-2])).
+          n_cycle: number of cycles; without cycle_len, the number of epochs at constant rates.
+          wds: L2 weight decay, one value or one per group (default 0).
+          cycle_len: epochs per SGDR cycle (cosine annealing with restarts, fastai 0.7's
+            CosAnneal, including its lr/100 warm start over the first 1/20 of the first cycle).
+          cycle_mult: each cycle lasts this many times longer than the one before.
+          callbacks: Callback objects notified per batch and epoch.
+
+        Returns the per-epoch logs of this fit (epoch, trn_loss, val_loss, metrics, time).
+        A fresh optimizer (momentum buffers at zero) is made per call, as in fastai 0.7.
+        """
+        lrs = self._per_group(lrs, 'lrs')
+        wds = self._per_group(0.0 if wds is None else wds, 'wds')
+        nb = len(self._train_loader(self.epoch))
+        if cycle_len:
+            epochs = sgdr_epochs(n_cycle, cycle_len, cycle_mult)
+            factor = table(sgdr(int(cycle_len) * nb, int(cycle_mult)), epochs * nb)
+        else:
+            epochs = int(n_cycle)
+            factor = np.ones(epochs * nb, np.float32)
+        lr_table = factor[:, None].astype(np.float64) * lrs[None, :]
+        return self._run(epochs, lr_table, None, wds, callbacks)
+
+    def fit_one_cycle(self, epochs: int, lr_max: Any = 3e-3, pct_start: float = PCT_START,
+                      div: float = DIV, div_final: float = DIV_FINAL,
+                      moms: tuple[float, float, float] = MOMS, wds: Any = None,
+                      callbacks: Optional[Sequence[Callback]] = None) -> list[dict]:
+        """fastai 2's one-cycle policy: rates rise from lr_max/div to lr_max over pct_start,
+        then fall to lr_max/div_final; momentum mirrors them (0.95 -> 0.85 -> 0.95)."""
+        lr_max = self._per_group(lr_max, 'lr_max')
+        nb = len(self._train_loader(self.epoch))
+        total = int(epochs) * nb
+        f = table(one_cycle(total, 1.0, pct_start, div, div_final), total)
+        m = table(one_cycle_momentum(total, pct_start, moms), total)
+        return self._run(int(epochs), f[:, None].astype(np.float64) * lr_max[None, :], m,
+                         self._per_group(0.0 if wds is None else wds, 'wds'), callbacks)
+
+    def fine_tune(self, epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1,
+                  lr_mult: float = 100, pct_start: float = 0.3, div: float = 5.0,
+                  callbacks: Optional[Sequence[Callback]] = None) -> list[dict]:
+        """fastai 2's fine_tune: one-cycle the head for freeze_epochs, then unfreeze and
+        one-cycle everything with rates from base_lr/2/lr_mult (first group) to base_lr/2."""
+        self.freeze()
+        hist = self.fit_one_cycle(freeze_epochs, base_lr, pct_start=0.99, callbacks=callbacks)
+        base_lr /= 2
+        self.unfreeze()
+        lrs = np.geomspace(base_lr / lr_mult, base_lr, self.n_groups)
+        return hist + self.fit_one_cycle(epochs, lrs, pct_start=pct_start, div=div,
+                                         callbacks=callbacks)
+
+    def _place(self, tree: Any) -> Any:
+        """Replicate a pytree over the data mesh: one consistent placement for every input of
+        the compiled steps, so that no call sees a new sharding and recompiles."""
+        return jax.device_put(tree, NamedSharding(self.data.trn_dl.mesh, P()))
+
+    def _fresh_state(self, wds: np.ndarray) -> TrainState:
+        state = self.state.with_tx(self._tx())
+        state = state.replace(opt_state=set_group_hyperparams(
+            state.opt_state, 'weight_decay', self._place(list(np.float32(wds)))))
+        return self._place(state)
+
+    def _set_rates(self, opt_state: Any, lrs: np.ndarray, mom: Optional[float] = None) -> Any:
+        opt_state = set_group_hyperparams(opt_state, 'learning_rate',
+                                          self._place(list(np.float32(lrs))))
+        if mom is not None:
+            opt_state = set_group_hyperparams(opt_state, 'momentum',
+                                              self._place([np.float32(mom)] * self.n_groups))
+        return opt_state
+
+    def _run(self, epochs: int, lr_table: np.ndarray, mom_table: Optional[np.ndarray],
+             wds: np.ndarray, callbacks: Optional[Sequence[Callback]]) -> list[dict]:
+        callbacks = list(callbacks or [])
+        state = self._fresh_state(wds)
+        step_fn = self._fn('train')
+        rec = self.sched = Recorder('fit')
+        ema = (0.0, 0)
+        hist: list[dict] = []
+        names = ['epoch', 'trn_loss', 'val_loss'] + [_name(m) for m in self.metrics] + ['time']
+        self._print('  '.join(f'{n:>10}' for n in names))
+        stop = any(cb.on_train_begin(self) for cb in callbacks)
+        t_it = 0
+        for e in range(epochs):
+            if stop:
+                break
+            t0 = time.time()
+            loader = self._train_loader(self.epoch)
+            stop = any(cb.on_epoch_begin(self, self.epoch) for cb in callbacks) or stop
+            bar = self._bar(len(loader), f'epoch {e + 1}/{epochs}')
+            losses, its = [], []
+            for batch in loader.iter_epoch(self.epoch):
+                i = min(t_it, len(lr_table) - 1)
+                opt = self._set_rates(state.opt_state, lr_table[i],
+                                      None if mom_table is None else mom_table[i])
+                state, metrics = step_fn(state.replace(opt_state=opt), batch)
+                losses.append(metrics['loss'])
+                its.append(i)
+                t_it += 1
+                if bar:
+                    bar.update(1)
+                if callbacks and any(cb.on_batch_end(self, t_it, {'loss': metrics['loss']})
+                                     for cb in callbacks):
+                    stop = True
+                    break
+            if bar:
+                bar.close()
+            raw = np.asarray(jnp.stack(losses)) if losses else np.zeros(0)
+            if not np.all(np.isfinite(raw)):
+                bad = int(np.argmin(np.isfinite(raw)))
+                self.state = state
+                raise TrainingDiverged(
+                    f'the training loss became {raw[bad]} at iteration {its[bad]} (epoch {e}, '
+                    f'learning rates {lr_table[its[bad]].tolist()}); run learn.lr_find() and pick '
+                    'a lower rate')
+            smoothed, ema = smooth(raw, start=ema)
+            rec.record(lr_table[its, -1], smoothed,
+                       mom_table[its] if mom_table is not None else [MOMENTUM] * len(its))
+            self.state = state
+            self.epoch += 1
+            logs = {'epoch': self.epoch - 1, 'trn_loss': float(smoothed[-1]) if len(smoothed) else
+                    math.nan}
+            logs.update(self._validate())
+            logs['time'] = time.time() - t0
+            hist.append(logs)
+            rec.epochs.append(logs)
+            self._print('  '.join(_fmt(logs.get(n)) for n in names))
+            stop = any(cb.on_epoch_end(self, logs['epoch'], logs) for cb in callbacks) or stop
+        for cb in callbacks:
+            cb.on_train_end(self)
+        self.state = state
+        self.history += hist
+        return hist
+
+    def _validate(self) -> dict:
+        preds, targs = self.predict_with_targs()
+        loss = bce_loss(preds, targs) if self.is_multi else nll_loss(preds, targs)
+        return {'val_loss': loss, **{_name(m): float(m(preds, targs)) for m in self.metrics}}
+
+    # ------------------------------------------------------------------ lr_find
+
+    def lr_find(self, start_lr: Any = 1e-5, end_lr: float = 10, wds: Any = None,
+                linear: bool = False, num_it: Optional[int] = None,
+                stop_div: bool = True) -> dict[str, float]:
+        """The LR range test: rates from start_lr to end_lr over one epoch (or num_it batches).
+
+        Stops when the smoothed loss exceeds 4x its best or is not finite. Runs on a
+        copy of the state: afterwards the learner is exactly as before. Look at the
+        result with `learn.sched.plot()`; returns fastai 2's suggestions
+        ({'valley', 'steep', 'minimum'}).
+        """
+        start = self._per_group(start_lr, 'start_lr')
+        nb = int(num_it or len(self._train_loader(self.epoch)))
+        ratio = end_lr / start[-1]
+        factor = table(lr_range(1.0, ratio, nb, linear), nb)
+        lr_table = factor[:, None].astype(np.float64) * start[None, :]
+        state = self._place(jax.tree_util.tree_map(jnp.copy, self._fresh_state(
+            self._per_group(0.0 if wds is None else wds, 'wds'))))
+        step_fn = self._fn('train')
+        rec = Recorder('lr_find')
+        best, ema, it = math.inf, (0.0, 0), 0
+        bar = self._bar(nb, 'lr_find')
+        epoch = self.epoch
+        while it < nb:
+            for batch in self._train_loader(epoch).iter_epoch(epoch):
+                opt = self._set_rates(state.opt_state, lr_table[it])
+                state, metrics = step_fn(state.replace(opt_state=opt), batch)
+                sm, ema = smooth([float(metrics['loss'])], start=ema)
+                loss = float(sm[0])
+                rec.record([lr_table[it, -1]], [loss], [MOMENTUM])
+                it += 1
+                if bar:
+                    bar.update(1)
+                if stop_div and lrf.should_stop(loss, best):
+                    it = nb
+                if loss < best and it > lrf.BEST_AFTER:
+                    best = loss
+                if it >= nb:
+                    break
+            epoch += 1
+        if bar:
+            bar.close()
+        del state  # the copy; self.state was never touched
+        finite = [(lr, l) for lr, l in zip(rec.lrs, rec.losses) if math.isfinite(l)]
+        rec.suggestions = lrf.suggestions(*zip(*finite)) if len(finite) >= 2 else {}
+        self.sched = rec
+        if rec.suggestions:
+            self._print('lr_find: suggested learning rate {valley:.2e} (valley), steepest '
+                        '{steep:.2e}, minimum/10 {minimum:.2e}; see learn.sched.plot()'
+                        .format(**rec.suggestions))
+        return rec.suggestions
+
+    # ------------------------------------------------------------------ prediction
+
+    def _predict_loader(self, is_test: bool):
+        ds = self.data.test_ds if is_test else self.data.val_ds
+        if ds is None:
+            raise ValueError('there is no test set; build the data with test_name=... '
+                             'to predict on one')
+        if self._precompute:
+            self._ensure_features()
+            dl = self.data.val_dl
+            return DataLoader(self._features['test' if is_test else 'valid'], ds.y, self.data.bs,
+                              mesh=dl.mesh), ds
+        return (self.data.test_dl if is_test else self.data.val_dl), ds
+
+    def predict(self, is_test: bool = False) -> np.ndarray:
+        """Log-probabilities (sigmoid probabilities for multi-label) for valid or test, in order."""
+        return self.predict_with_targs(is_test)[0]
+
+    def predict_with_targs(self, is_test: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(predictions, targets) for valid (or test: targets are zeros when unlabelled)."""
+        loader, ds = self._predict_loader(is_test)
+        fn = self._fn('predict')
+        variables = self.state.variables
+        outs = []
+        for batch in loader.iter_epoch(0):
+            outs.append((fn(variables, batch['image']), batch['mask']))
+        preds = np.concatenate([np.asarray(p)[np.asarray(m) > 0] for p, m in outs])
+        return preds, np.asarray(ds.y)
+
+    def predict_array(self, x: Any) -> np.ndarray:
+        """Predictions for a batch: uint8 images (N, H, W, 3), H and W >= sz, are centre-cropped
+        and normalised; float arrays must already be normalised (N, sz, sz, 3)."""
+        x = np.asarray(x)
+        if x.ndim != 4 or x.shape[-1] != 3:
+            raise ValueError(f'predict_array takes a batch (N, H, W, 3); got shape {x.shape}')
+        kind = 'predict_uint8' if x.dtype == np.uint8 else 'predict_float'
+        return np.asarray(self._fn(kind)(self.state.variables, x))
+
+    def TTA(self, n_aug: int = 4, is_test: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Test-time augmentation, as fastai 0.7: (predictions, targets), predictions stacked as
+        ceil(n_aug/4) copies of the plain pass followed by n_aug augmented passes.
+
+        The augmented passes run as one jitted, vmapped call per batch (training
+        transforms, keys from the learner's seed). Average with np.mean(np.exp(p), 0).
+        """
+        ds = self.data.test_ds if is_test else self.data.val_ds
+        if ds is None:
+            raise ValueError('there is no test set; build the data with test_name=...')
+        was = self._precompute
+        self._precompute = False  # augmentation needs images, not stored activations
+        try:
+            plain, targs = self.predict_with_targs(is_test)
+            loader = self.data.test_dl if is_test else self.data.val_dl
+            fn = self._fn('tta')
+            keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(self.seed), 7), n_aug)
+            variables = self.state.variables
+            outs = []
+            for b, batch in enumerate(loader.iter_epoch(0)):
+                bkeys = jax.vmap(lambda k: jax.random.fold_in(k, b))(keys)
+                outs.append((fn(variables, bkeys, batch['image']), batch['mask']))
+            aug = np.concatenate([np.asarray(p)[:, np.asarray(m) > 0] for p, m in outs], axis=1)
+        finally:
+            self._precompute = was
+        return np.concatenate([np.stack([plain] * math.ceil(n_aug / 4)), aug]), targs
+
+    # ------------------------------------------------------------------ save / load
+
+    def _models_dir(self) -> str:
+        return os.path.join(self.data.path, 'models')
+
+    def _meta(self) -> dict:
+        from jaxcls import __version__
+        return {'arch': self.arch_name, 'classes': [str(c) for c in self.data.classes],
+                'c': int(self.data.c), 'is_multi': self.is_multi, 'head': self.head_desc,
+                'stages': list(self.model.body.stage_sizes), 'trainable': list(self.trainable),
+                'sz': int(self.data.sz), 'jaxcls': __version__}
+
+    def save(self, name: str) -> str:
+        """Save params, BatchNorm statistics and optimizer state to {path}/models/{name} (Orbax)."""
+        tree = {'params': self.state.params, 'batch_stats': self.state.batch_stats,
+                'opt_state': self.state.opt_state, 'step': self.state.step}
+        return ckpt.save_checkpoint(os.path.join(self._models_dir(), name), tree, self._meta())
+
+    def load(self, name: str) -> None:
+        """Load a model saved with `save(name)`; its arch and classes must match this learner's."""
+        folder = os.path.join(self._models_dir(), name)
+        meta = ckpt.load_meta(folder)
+        mine = self._meta()
+        for k in ('arch', 'c', 'stages', 'head'):
+            if meta.get(k) != mine[k]:
+                raise ValueError(
+                    f"checkpoint {folder} holds {meta.get('arch')} with {meta.get('c')} classes "
+                    f"(stages {meta.get('stages')}, head {meta.get('head')}); this learner is "
+                    f"{mine['arch']} with {mine['c']} classes (stages {mine['stages']}, head "
+                    f"{mine['head']}). Load it into a learner built the same way.")
+        same_opt = tuple(meta.get('trainable', ())) == self.trainable
+        target = {'params': self.state.params, 'batch_stats': self.state.batch_stats,
+                  'step': self.state.step}
+        if same_opt:
+            target['opt_state'] = self.state.opt_state
+        restored = ckpt.load_checkpoint(folder, target) if same_opt else \
+            _restore_subset(folder, target)
+        self.state = self._place(self.state.replace(
+            params=restored['params'], batch_stats=restored['batch_stats'], step=restored['step'],
+            opt_state=restored.get('opt_state', self.state.opt_state)))
+        if self._precompute:
+            self._ensure_features()
+
+    def __repr__(self) -> str:
+        return (f'ConvLearner({self.arch_name}, {self.data.c} classes, layer groups trainable '
+                f'{list(self.trainable)}, precompute={self._precompute})')
+
+
+def _restore_subset(folder: str, target: dict) -> dict:
+    full = ckpt.load_checkpoint(folder)
+    out = {}
+    for k, v in target.items():
+        out[k] = jax.tree_util.tree_map(lambda t, s: jnp.asarray(s, t.dtype), v, full[k])
+    return out
+
+
+def _name(metric: Callable) -> str:
+    return getattr(metric, '__name__', type(metric).__name__)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, (int, np.integer)):
+        return f'{v:>10d}'
+    if isinstance(v, (float, np.floating)):
+        return f'{v:>10.6f}' if abs(v) < 1e4 else f'{v:>10.3e}'
+    return f'{str(v):>10}'
