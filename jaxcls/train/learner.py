@@ -12,6 +12,7 @@ optimizer state, so lr_find, fit with any rates and SGDR reuse it.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -626,10 +627,17 @@ class ConvLearner:
 
     def _meta(self) -> dict:
         from jaxcls import __version__
+        spec = self.spec
         return {'arch': self.arch_name, 'classes': [str(c) for c in self.data.classes],
                 'c': int(self.data.c), 'is_multi': self.is_multi, 'head': self.head_desc,
                 'stages': list(self.model.body.stage_sizes), 'trainable': list(self.trainable),
-                'sz': int(self.data.sz), 'jaxcls': __version__}
+                'sz': int(self.data.sz), 'cache_size': int(self.data.cache_size),
+                'val_tfms': tfm_to_json(self.data.tfms[1]),
+                'arch_spec': {'name': spec.name, 'block': spec.block,
+                              'stage_sizes': list(spec.stage_sizes),
+                              'num_features': spec.num_features, 'cut': spec.cut,
+                              'lr_cut': spec.lr_cut, 'mean': list(spec.mean), 'std': list(spec.std)},
+                'jaxcls': __version__}
 
     def save(self, name: str) -> str:
         """Save params, BatchNorm statistics and optimizer state to {path}/models/{name} (Orbax)."""
@@ -665,6 +673,15 @@ class ConvLearner:
     def __repr__(self) -> str:
         return (f'ConvLearner({self.arch_name}, {self.data.c} classes, layer groups trainable '
                 f'{list(self.trainable)}, precompute={self._precompute})')
+
+
+def tfm_to_json(cfg) -> dict:
+    """A TfmConfig as plain JSON values (tuples as lists, enums as ints)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        out[f.name] = list(v) if isinstance(v, tuple) else int(v) if isinstance(v, T.CropType) else v
+    return out
 
 
 def _restore_subset(folder: str, target: dict) -> dict:

@@ -1,0 +1,96 @@
+"""A saved model, ready to classify images without the training data: `Predictor.load(folder)`.
+
+    >>> p = Predictor.load('data/dogscats/models/224_all')          # doctest: +SKIP
+    >>> probs, names, skipped = p.predict_files(['a.jpg', 'b.jpg']) # doctest: +SKIP
+    >>> p.classes[probs[0].argmax()]                                  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcls.data import transforms as T
+from jaxcls.data.decode import BadImageError, decode_image
+from jaxcls.models.archs import ArchSpec
+from jaxcls.models.head import ConvNet, Head
+from jaxcls.models.resnet import ResNet
+
+from . import checkpoint as ckpt
+
+
+class Predictor:
+    """Network + variables + validation transform of a model saved by `ConvLearner.save`.
+
+    Attributes: classes, is_multi, arch (ArchSpec), tfm (the validation TfmConfig),
+    cache_size (side images are decoded to before the centre crop), model, variables.
+    """
+
+    def __init__(self, model: ConvNet, variables: dict, meta: dict):
+        self.model, self.variables, self.meta = model, variables, meta
+        self.classes = list(meta['classes'])
+        self.is_multi = bool(meta['is_multi'])
+        v = dict(meta['val_tfms'])
+        v['crop_type'] = T.CropType(v['crop_type'])
+        self.tfm = T.TfmConfig(**{k: tuple(x) if isinstance(x, list) else x for k, x in v.items()})
+        self.cache_size = int(meta['cache_size'])
+        final = jax.nn.sigmoid if self.is_multi else jax.nn.softmax
+        self._fn = jax.jit(lambda var, x: final(
+            model.apply(var, T.val_transform(x, self.tfm)).astype(jnp.float32)))
+
+    @classmethod
+    def load(cls, folder: str) -> 'Predictor':
+        """Rebuild the network described by the checkpoint's metadata and restore its weights."""
+        folder = os.fspath(folder)
+        meta = ckpt.load_meta(folder)
+        missing = [k for k in ('arch_spec', 'val_tfms', 'cache_size', 'classes', 'head') if k not in meta]
+        if missing:
+            raise ValueError(f'{folder} was saved without {missing}; save it again with this '
+                             'version of jaxcls (learn.save(name))')
+        head = meta['head']
+        if 'custom_head' in head:
+            raise ValueError(f'{folder} has a custom head ({head["custom_head"]}); rebuild the '
+                             'learner with it and use learn.load(name) instead')
+        s = meta['arch_spec']
+        spec = ArchSpec(s['name'], s['block'], tuple(s['stage_sizes']), s['num_features'],
+                        s['cut'], s['lr_cut'], tuple(s['mean']), tuple(s['std']))
+        body = ResNet(tuple(meta['stages']), spec.block, None)
+        net = ConvNet(body, Head(meta['c'], tuple(head['xtra_fc']),
+                                 None if head['ps'] is None else tuple(head['ps'])))
+        shapes = jax.eval_shape(lambda: net.init({'params': jax.random.PRNGKey(0),
+                                                  'dropout': jax.random.PRNGKey(0)},
+                                                 jnp.zeros((1, 64, 64, 3))))
+        target = {'params': shapes['params'], 'batch_stats': shapes['batch_stats']}
+        restored = ckpt.load_checkpoint(folder)
+        variables = {k: jax.tree_util.tree_map(lambda t, a: jnp.asarray(a, t.dtype), target[k],
+                                               restored[k]) for k in target}
+        return cls(net, variables, meta)
+
+    def predict_images(self, images: Any) -> np.ndarray:
+        """Probabilities (softmax, or sigmoid for multi-label) for uint8 images (N, S, S, 3), S >= sz."""
+        return np.asarray(self._fn(self.variables, jnp.asarray(images, jnp.uint8)))
+
+    def predict_files(self, paths: Sequence[str], bs: int = 64
+                      ) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
+        """(probabilities, the paths that decoded, [(path, reason)] of those that did not)."""
+        imgs, kept, skipped = [], [], []
+        for p in paths:
+            try:
+                imgs.append(decode_image(p, self.cache_size))
+                kept.append(os.fspath(p))
+            except (BadImageError, OSError) as e:
+                skipped.append((os.fspath(p), str(e)))
+        if not imgs:
+            return np.zeros((0, len(self.classes)), np.float32), kept, skipped
+        x = np.stack(imgs)
+        out = []
+        for s in range(0, len(x), bs):
+            chunk = x[s:s + bs]
+            pad = bs - len(chunk) if len(x) > bs else 0  # one compiled shape for every chunk
+            if pad:
+                chunk = np.concatenate([chunk, np.repeat(chunk[:1], pad, 0)])
+            out.append(self.predict_images(chunk)[:bs - pad])
+        return np.concatenate(out), kept, skipped
