@@ -89,3 +89,109 @@ class Recorder:
 
     def __repr__(self) -> str:
         return f'Recorder({self.kind}, {len(self.losses)} iterations)'
+
+
+class CSVLogger(Callback):
+    """Write one CSV row per epoch (epoch, trn_loss, val_loss, metrics..., time) to `fname`.
+
+    Rows are flushed as each epoch ends, so a killed run keeps every finished epoch.
+    `append=True` continues an existing file (its header is kept).
+
+    >>> learn.fit(1e-2, 3, callbacks=[CSVLogger('history.csv')])  # doctest: +SKIP
+    """
+
+    def __init__(self, fname: str, append: bool = False):
+        self.fname, self.append = str(fname), append
+        self._fields: Optional[list[str]] = None
+
+    def on_train_begin(self, learner):
+        import os
+        exists = self.append and os.path.exists(self.fname) and os.path.getsize(self.fname) > 0
+        if exists:
+            with open(self.fname, newline='') as f:
+                self._fields = f.readline().strip().split(',')
+        else:
+            self._fields = None
+            open(self.fname, 'w').close()
+
+    def on_epoch_end(self, learner, epoch, logs):
+        import csv
+        if self._fields is None:
+            self._fields = list(logs)
+            with open(self.fname, 'a', newline='') as f:
+                csv.writer(f).writerow(self._fields)
+        with open(self.fname, 'a', newline='') as f:
+            csv.writer(f).writerow([_csv_value(logs.get(k, '')) for k in self._fields])
+
+
+def _csv_value(v):
+    return f'{v:.6g}' if isinstance(v, float) else v
+
+
+class TensorBoardLogger(Callback):
+    """TensorBoard event files in `logdir`: per-epoch logs and, per iteration, the loss and rate.
+
+    Uses tensorboardX when installed, else the pure-Python writer that ships with the
+    `tensorboard` package; with neither, the error says what to install. TensorFlow is
+    never needed.
+    """
+
+    def __init__(self, logdir: str, every: int = 1):
+        self.logdir, self.every = str(logdir), max(1, int(every))
+        self._writer = _summary_writer(self.logdir)
+        self._it = 0
+
+    def on_batch_end(self, learner, iteration, logs):
+        self._it += 1
+        if self._it % self.every == 0:
+            self._writer.add_scalar('train/loss_raw', float(logs['loss']), self._it)
+
+    def on_epoch_end(self, learner, epoch, logs):
+        for k, v in logs.items():
+            if k != 'epoch' and isinstance(v, (int, float)):
+                self._writer.add_scalar(f'epoch/{k}', float(v), epoch)
+        rec = learner.sched
+        if rec is not None and rec.lrs:
+            self._writer.add_scalar('train/lr', rec.lrs[-1], self._it)
+        self._writer.flush()
+
+    def on_train_end(self, learner):
+        self._writer.flush()
+
+    def close(self):
+        self._writer.close()
+
+
+def _summary_writer(logdir: str):
+    try:
+        from tensorboardX import SummaryWriter
+        return SummaryWriter(logdir)
+    except ImportError:
+        pass
+    try:
+        return _TensorBoardWriter(logdir)
+    except ImportError:
+        raise ImportError('TensorBoardLogger needs tensorboardX or tensorboard: '
+                          'pip install tensorboardX') from None
+
+
+class _TensorBoardWriter:
+    """Scalars through tensorboard's own EventFileWriter (no TensorFlow)."""
+
+    def __init__(self, logdir: str):
+        import time as _time
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+        self._Event, self._Summary, self._time = Event, Summary, _time
+        self._w = EventFileWriter(logdir)
+
+    def add_scalar(self, tag: str, value: float, step: int):
+        s = self._Summary(value=[self._Summary.Value(tag=tag, simple_value=float(value))])
+        self._w.add_event(self._Event(summary=s, wall_time=self._time.time(), step=int(step)))
+
+    def flush(self):
+        self._w.flush()
+
+    def close(self):
+        self._w.close()
