@@ -181,6 +181,26 @@ class ImageClassifierData:
                              'tfms=tfms_from_model(arch, sz)')
         return transforms.denorm(x, self.tfms[1])
 
+    def show_batch(self, n: int = 16, rows: int = 4, is_train: bool = True, key: Any = 0,
+                   fname: Any = None):
+        """n training images as augmented with `key` (validation images with is_train=False),
+        titled with their classes; returns the matplotlib Figure (see jaxcls.plots.show_batch).
+
+        >>> data.show_batch(8, rows=2)     # doctest: +SKIP
+        """
+        from jaxcls import plots
+        return plots.show_batch(self, n=n, rows=rows, is_train=is_train, key=key, fname=fname)
+
+    def aug_preview(self, idx: int = 0, n: int = 8, rows: int = 2, key: Any = 0,
+                    fname: Any = None):
+        """n augmented versions of training image idx, the lesson's plots of aug_dl samples;
+        returns the matplotlib Figure (see jaxcls.plots.aug_preview).
+
+        >>> data.aug_preview(0, 6, rows=2)     # doctest: +SKIP
+        """
+        from jaxcls import plots
+        return plots.aug_preview(self, idx=idx, n=n, rows=rows, key=key, fname=fname)
+
     def __repr__(self) -> str:
         test = f', test={len(self.test_ds)}' if self.test_ds is not None else ''
         return (f'ImageClassifierData(path={self.path!r}, classes={self.c}, '

@@ -620,6 +620,15 @@ class ConvLearner:
             self._precompute = was
         return np.concatenate([np.stack([plain] * math.ceil(n_aug / 4)), aug]), targs
 
+    def interpretation(self):
+        """A ClassificationInterpretation of the validation predictions (jaxcls.interpret):
+        most correct / incorrect / uncertain, top losses, confusion matrix, report.
+
+        >>> learn.interpretation().most_confused()     # doctest: +SKIP
+        """
+        from jaxcls.interpret import ClassificationInterpretation
+        return ClassificationInterpretation.from_learner(self)
+
     # ------------------------------------------------------------------ save / load
 
     def _models_dir(self) -> str:
