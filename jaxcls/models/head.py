@@ -74,6 +74,14 @@ class ConvNet(nn.Module):
     head: nn.Module
     pool: bool = True
 
+    def feature_map(self, x, train: bool = False, bn_eval: Sequence[str] = ()):
+        """The body's last feature map (B, h, w, C), before pooling (what CAM looks at)."""
+        return self.body(x, train, bn_eval)
+
+    def from_feature_map(self, f, train: bool = False):
+        """Logits from a body feature map: pooling (unless custom head) and the head."""
+        return self.head(concat_pool(f) if self.pool else f, train)
+
     def features(self, x, train: bool = False, bn_eval: Sequence[str] = ()):
         """What precompute stores: pooled body features (B, 2 * channels), or the map."""
         f = self.body(x, train, bn_eval)
