@@ -292,8 +292,11 @@ def test_fit_one_cycle_fine_tune_and_half(data):
 
 def test_divergence_names_the_step_and_rate(data):
     learn = learner(data, precompute=True)
-    with pytest.raises(TrainingDiverged, match='iteration .*learning rates .*lr_find'):
+    with pytest.raises(TrainingDiverged, match='iteration [0-9]+ .*learning rates \\[1e\\+12, '
+                                               '1e\\+12, 1e\\+12\\].*last finite.*lr_find'):
         learn.fit(1e12, 1)
+    assert all(np.all(np.isfinite(np.asarray(a))) for a in jax.tree_util.tree_leaves(
+        (learn.state.params, learn.state.batch_stats)))
 
 
 def test_multilabel_uses_sigmoid(tmp_path):

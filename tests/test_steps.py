@@ -153,3 +153,19 @@ def test_sigmoid_loss_for_multilabel(batch):
 def test_unknown_loss_is_explained():
     with pytest.raises(ValueError, match="loss='hinge'.*'softmax'.*'sigmoid'"):
         make_train_step('hinge')
+
+
+def test_skip_nonfinite_keeps_the_state(batch):
+    module, variables = tiny_resnet()
+    state = create_train_state(module.apply, variables, sgd(0.01))
+    step = jax.jit(make_train_step(skip_nonfinite=True))
+    bad = {'image': batch['image'].at[0, 0, 0, 0].set(jnp.nan), 'label': batch['label']}
+    new, m = step(state, bad)
+    assert not np.isfinite(float(m['loss']))
+    assert int(new.step) == 1
+    for a, b in zip(jax.tree_util.tree_leaves((state.params, state.batch_stats, state.opt_state)),
+                    jax.tree_util.tree_leaves((new.params, new.batch_stats, new.opt_state))):
+        np.testing.assert_array_equal(a, b)
+    good, m = step(new, batch)
+    assert np.isfinite(float(m['loss']))
+    assert not np.array_equal(good.params['fc']['kernel'], new.params['fc']['kernel'])

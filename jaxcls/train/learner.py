@@ -247,10 +247,11 @@ class ConvLearner:
         if kind == 'train':
             frozen = jax.tree_util.tree_map(lambda g: not self.trainable[g], self.labels)
             if self._precompute:
-                step = make_train_step(self.loss, None, frozen, {'method': ConvNet.head_only})
+                step = make_train_step(self.loss, None, frozen, {'method': ConvNet.head_only},
+                                       skip_nonfinite=True)
             else:
                 step = make_train_step(self.loss, lambda k, x: T.augment(k, x, cfg), frozen,
-                                       {'bn_eval': self._bn_eval()})
+                                       {'bn_eval': self._bn_eval()}, skip_nonfinite=True)
             return jax.jit(step, donate_argnums=0)
         final = jax.nn.sigmoid if self.is_multi else jax.nn.log_softmax
         if kind == 'predict':
@@ -454,6 +455,9 @@ class ConvLearner:
             stop = any(cb.on_epoch_begin(self, self.epoch) for cb in callbacks) or stop
             bar = self._bar(len(loader), f'epoch {e + 1}/{epochs}')
             losses, its = [], []
+            # The step leaves the state unchanged when its loss is not finite; the host checks
+            # each loss one step late (while the next step runs), so no step waits for it.
+            prev, bad = None, None
             for batch in loader.iter_epoch(self.epoch):
                 i = min(t_it, len(lr_table) - 1)
                 opt = self._set_rates(state.opt_state, lr_table[i],
@@ -464,20 +468,26 @@ class ConvLearner:
                 t_it += 1
                 if bar:
                     bar.update(1)
+                if prev is not None and not math.isfinite(float(prev[0])):
+                    bad = prev
+                    break
+                prev = (metrics['loss'], i)
                 if callbacks and any(cb.on_batch_end(self, t_it, {'loss': metrics['loss']})
                                      for cb in callbacks):
                     stop = True
                     break
             if bar:
                 bar.close()
-            raw = np.asarray(jnp.stack(losses)) if losses else np.zeros(0)
-            if not np.all(np.isfinite(raw)):
-                bad = int(np.argmin(np.isfinite(raw)))
-                self.state = state
+            if bad is None and prev is not None and not math.isfinite(float(prev[0])):
+                bad = prev
+            if bad is not None:
+                self.state = state  # the last finite parameters: bad steps changed nothing
                 raise TrainingDiverged(
-                    f'the training loss became {raw[bad]} at iteration {its[bad]} (epoch {e}, '
-                    f'learning rates {lr_table[its[bad]].tolist()}); run learn.lr_find() and pick '
-                    'a lower rate')
+                    f'the training loss became {float(bad[0])} at iteration {bad[1]} (epoch '
+                    f'{self.epoch}, learning rates [{", ".join(f"{v:.3g}" for v in lr_table[bad[1]])}]'
+                    '); the model keeps its last finite parameters. Run learn.lr_find() and '
+                    'pick a lower rate.')
+            raw = np.asarray(jnp.stack(losses)) if losses else np.zeros(0)
             smoothed, ema = smooth(raw, start=ema)
             rec.record(lr_table[its, -1], smoothed,
                        mom_table[its] if mom_table is not None else [MOMENTUM] * len(its))

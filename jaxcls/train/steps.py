@@ -72,7 +72,8 @@ def step_keys(rng: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def make_train_step(loss: str = 'softmax', preprocess: Optional[Preprocess] = None,
-                    frozen: Any = None, model_kwargs: Optional[dict] = None
+                    frozen: Any = None, model_kwargs: Optional[dict] = None,
+                    skip_nonfinite: bool = False
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """Build a pure `train_step(state, batch) -> (state, metrics)`; jit it yourself.
 
@@ -83,6 +84,10 @@ def make_train_step(loss: str = 'softmax', preprocess: Optional[Preprocess] = No
       frozen: a pytree of bools like the params, True for parameters that get no
         gradient (their backward pass is not computed at all); None trains everything.
       model_kwargs: extra keyword arguments for `apply_fn` in training mode.
+      skip_nonfinite: when the loss, or any updated parameter or statistic, is NaN or
+        infinite, return the state unchanged (only the step counter advances), so
+        parameters never become NaN; the metrics then report a NaN loss for the caller
+        to act on.
 
     Metrics: 'loss' and 'accuracy' as means over the real (mask 1) rows, 'count' the
     number of real rows, 'lr'-free: read the rate from the optimizer state.
@@ -108,6 +113,15 @@ def make_train_step(loss: str = 'softmax', preprocess: Optional[Preprocess] = No
 
         (value, (logits, updates)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
         new_state = state.apply_gradients(grads, updates.get('batch_stats', state.batch_stats))
+        if skip_nonfinite:
+            # A finite loss can still produce an overflowing update, so the new parameters
+            # and statistics are checked too (one pass over them, like the update itself).
+            leaves = jax.tree_util.tree_leaves((new_state.params, new_state.batch_stats))
+            ok = jnp.isfinite(value) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in leaves]))
+            kept = state.replace(step=state.step + 1)
+            new_state = jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new_state, kept)
+        if skip_nonfinite:
+            value = jnp.where(ok, value, jnp.nan)
         metrics = {'loss': value, 'accuracy': _masked_mean(correct_fn(logits, batch['label']), mask),
                    'count': jnp.sum(mask)}
         return new_state, metrics
