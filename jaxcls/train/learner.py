@@ -74,6 +74,7 @@ class ConvLearner:
         self.data, self.spec, self.model = data, spec, net
         self.arch_name = arch_name or spec.name
         self.head_desc = head_desc or {}
+        self.pretrained_body = False  # the body started from ImageNet weights (metadata only)
         self.bn_frozen, self.quiet = bn_frozen, quiet
         self.seed = seed
         self.is_multi = bool(data.is_multi)
@@ -148,10 +149,12 @@ class ConvLearner:
                              variables['params']['body'], loaded['params'])},
                          'batch_stats': {**variables['batch_stats'], 'body': merge_variables(
                              variables['batch_stats']['body'], loaded['batch_stats'])}}
-        desc.update(xtra_cut=int(xtra_cut), pretrained=bool(pretrained or weights is not None))
-        return cls(data, spec, net, variables, precompute=precompute, bn_frozen=bn_frozen,
-                   seed=seed, metrics=metrics, quiet=quiet, precompute_aug=precompute_aug,
-                   head_desc=desc)
+        desc.update(xtra_cut=int(xtra_cut))
+        learn = cls(data, spec, net, variables, precompute=precompute, bn_frozen=bn_frozen,
+                    seed=seed, metrics=metrics, quiet=quiet, precompute_aug=precompute_aug,
+                    head_desc=desc)
+        learn.pretrained_body = bool(pretrained or weights is not None)
+        return learn
 
     def _group_labels(self, params: dict) -> dict:
         first = set(self.spec.layer_groups[0])
@@ -651,6 +654,7 @@ class ConvLearner:
                 'c': int(self.data.c), 'is_multi': self.is_multi, 'head': self.head_desc,
                 'stages': list(self.model.body.stage_sizes), 'trainable': list(self.trainable),
                 'sz': int(self.data.sz), 'cache_size': int(self.data.cache_size),
+                'pretrained': self.pretrained_body,
                 'val_tfms': tfm_to_json(self.data.tfms[1]),
                 'arch_spec': {'name': spec.name, 'block': spec.block,
                               'stage_sizes': list(spec.stage_sizes),
