@@ -7,10 +7,8 @@ and run on the same random batch in eval and train mode.
 
 Needs torch and torchvision next to jaxcls (skipped otherwise, reason shown with -rs):
 
-    python3 -m venv /work/venv-parity
-    /work/venv-parity/bin/pip install torch==2.14.1 torchvision==0.29.1
-    /work/venv-parity/bin/pip install -e '/work/main[test]'
-    /work/venv-parity/bin/python -m pytest tests/test_parity.py -s   # -s prints the numbers
+    make parity      # builds .venv-torch (torch==2.14.1 torchvision==0.29.1 safetensors + jaxcls)
+    .venv-torch/bin/python -m pytest tests/test_parity.py -s   # -s prints the numbers
 """
 import functools
 import tempfile
