@@ -68,6 +68,58 @@ class BatchNorm(nn.Module):
         return y.astype(self.dtype)
 
 
+# XLA:CPU runs a 3x3 convolution on a 2x2 feature map 20-50x slower than the same
+# arithmetic as one matrix product over patches (measured: 512->512 channels, batch 32,
+# forward + both gradients, 861 ms vs 20 ms). From 4x4 on, XLA's own convolution is as
+# fast or faster, so patches are used only when the output has at most this many pixels.
+SMALL_MAP_PIXELS = 4
+
+
+def conv_patches(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
+    """A convolution (NHWC, HWIO, symmetric zero padding) as one matmul over patches.
+
+    The patches are strided slices of the padded input, concatenated on the channel axis in
+    (kh, kw, cin) order, which is the kernel's own memory order: no gather, no transpose.
+    Numerically the same sums as `lax.conv_general_dilated` (tested to 1e-5 relative).
+    """
+    kh, kw, cin, cout = kernel.shape
+    if pad:
+        x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    ho = (x.shape[1] - kh) // stride + 1
+    wo = (x.shape[2] - kw) // stride + 1
+    cols = [x[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :]
+            for i in range(kh) for j in range(kw)]
+    patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
+    return patches @ kernel.reshape(kh * kw * cin, cout)
+
+
+class Conv(nn.Module):
+    """A bias-free 2-D convolution with torch's symmetric padding; `kernel` is HWIO as in nn.Conv.
+
+    Picks the faster implementation for the static shape: XLA's convolution, or a matmul
+    over patches for tiny output maps (see SMALL_MAP_PIXELS). Same parameters either way.
+    """
+
+    features: int
+    kernel_size: int
+    stride: int = 1
+    padding: int = 0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        k = self.kernel_size
+        kernel = self.param('kernel', conv_init, (k, k, x.shape[-1], self.features), jnp.float32)
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        ho = (x.shape[1] + 2 * self.padding - k) // self.stride + 1
+        wo = (x.shape[2] + 2 * self.padding - k) // self.stride + 1
+        if ho * wo <= SMALL_MAP_PIXELS:
+            return conv_patches(x, kernel, self.stride, self.padding)
+        p = (self.padding, self.padding)
+        return jax.lax.conv_general_dilated(x, kernel, (self.stride, self.stride), (p, p),
+                                            dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
 def _torch_bias_init(fan_in: int):
     bound = 1.0 / fan_in ** 0.5
     return lambda key, shape, dtype=jnp.float32: nn.initializers.uniform(2 * bound)(
@@ -85,16 +137,14 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        conv = partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype)
+        conv = partial(Conv, dtype=self.dtype)
         norm = partial(BatchNorm, not train, dtype=self.dtype)
-        y = conv(self.features, (3, 3), (self.stride, self.stride), ((1, 1), (1, 1)),
-                 name='conv1')(x)
+        y = conv(self.features, 3, self.stride, 1, name='conv1')(x)
         y = nn.relu(norm(name='bn1')(y))
-        y = conv(self.features, (3, 3), (1, 1), ((1, 1), (1, 1)), name='conv2')(y)
+        y = conv(self.features, 3, 1, 1, name='conv2')(y)
         y = norm(name='bn2')(y)
         if self.downsample:
-            x = conv(self.features, (1, 1), (self.stride, self.stride), ((0, 0), (0, 0)),
-                     name='downsample_0')(x)
+            x = conv(self.features, 1, self.stride, 0, name='downsample_0')(x)
             x = norm(name='downsample_1')(x)
         return nn.relu(y + x)
 
@@ -110,18 +160,16 @@ class Bottleneck(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        conv = partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype)
+        conv = partial(Conv, dtype=self.dtype)
         norm = partial(BatchNorm, not train, dtype=self.dtype)
-        y = conv(self.features, (1, 1), (1, 1), ((0, 0), (0, 0)), name='conv1')(x)
+        y = conv(self.features, 1, 1, 0, name='conv1')(x)
         y = nn.relu(norm(name='bn1')(y))
-        y = conv(self.features, (3, 3), (self.stride, self.stride), ((1, 1), (1, 1)),
-                 name='conv2')(y)
+        y = conv(self.features, 3, self.stride, 1, name='conv2')(y)
         y = nn.relu(norm(name='bn2')(y))
-        y = conv(self.features * 4, (1, 1), (1, 1), ((0, 0), (0, 0)), name='conv3')(y)
+        y = conv(self.features * 4, 1, 1, 0, name='conv3')(y)
         y = norm(name='bn3')(y)
         if self.downsample:
-            x = conv(self.features * 4, (1, 1), (self.stride, self.stride), ((0, 0), (0, 0)),
-                     name='downsample_0')(x)
+            x = conv(self.features * 4, 1, self.stride, 0, name='downsample_0')(x)
             x = norm(name='downsample_1')(x)
         return nn.relu(y + x)
 
@@ -171,8 +219,7 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False, bn_eval: Sequence[str] = ()):
         x = jnp.asarray(x, self.dtype)
-        x = nn.Conv(64, (7, 7), (2, 2), ((3, 3), (3, 3)), use_bias=False,
-                    kernel_init=conv_init, dtype=self.dtype, name='conv1')(x)
+        x = Conv(64, 7, 2, 3, dtype=self.dtype, name='conv1')(x)
         x = BatchNorm(not train or 'bn1' in bn_eval, dtype=self.dtype, name='bn1')(x)
         x = nn.relu(x)
         x = nn.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))

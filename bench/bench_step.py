@@ -1,0 +1,161 @@
+"""ResNet34 training speed: jaxcls vs torchvision (eager, and torch.compile where it works), one run.
+
+    python bench/bench_step.py                       # 64, 128, 224 px, batch 32 (CPU)
+    python bench/bench_step.py --sizes 64 --steps 5
+
+PyTorch runs in its own venv, never next to jaxcls:
+
+    python3 -m venv .venv-torch && .venv-torch/bin/pip install torch==2.14.1 torchvision==0.29.1
+    (or `make parity`, which builds the same venv)
+
+The torch side is a worker subprocess (`--torch-python`, default .venv-torch/bin/python)
+that keeps its model between requests, so both frameworks are timed in alternation on the
+same machine: for each size and repeat, jaxcls steps, then torch steps. Both train the same
+architecture with SGD (lr 0.01, momentum 0.9) on the same batch size, float32, random
+normalised images; the median step time of each repeat is kept and the median of repeats
+printed, with images/s and the ratio jaxcls / torch (> 1 means jaxcls is faster).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+WORKER = r'''
+import json, os, sys, time, statistics
+import torch, torchvision
+torch.set_num_threads(os.cpu_count())
+models = {}
+for line in sys.stdin:
+    req = json.loads(line)
+    key = (req['sz'], req['mode'])
+    if key not in models:
+        m = torchvision.models.resnet34(num_classes=2)
+        opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
+        x = torch.randn(req['bs'], 3, req['sz'], req['sz'])
+        y = torch.randint(0, 2, (req['bs'],))
+        fwd = m
+        err = None
+        if req['mode'] == 'compile':
+            try:
+                fwd = torch.compile(m)
+            except Exception as e:
+                err = repr(e)
+        def step():
+            opt.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(fwd(x), y)
+            loss.backward()
+            opt.step()
+        t = time.perf_counter()
+        try:
+            step()
+        except Exception as e:
+            err = repr(e)[:300]
+        models[key] = (step, time.perf_counter() - t, err)
+    step, first, err = models[key]
+    if err:
+        print(json.dumps({'error': err}), flush=True); continue
+    times = []
+    for _ in range(req['steps']):
+        t = time.perf_counter(); step(); times.append(time.perf_counter() - t)
+    print(json.dumps({'median': statistics.median(times), 'first': first,
+                      'torch': torch.__version__}), flush=True)
+'''
+
+
+def jax_runner(sz: int, bs: int):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jaxcls.models import resnet34
+    from jaxcls.train.optim import sgd
+    from jaxcls.train.state import create_train_state
+    from jaxcls.train.steps import make_train_step
+
+    module, variables = resnet34(num_classes=2)
+    holder = [create_train_state(module.apply, variables, sgd(0.01))]
+    step = jax.jit(make_train_step(), donate_argnums=0)
+    rng = np.random.default_rng(0)
+    batch = {'image': jnp.asarray(rng.standard_normal((bs, sz, sz, 3), np.float32)),
+             'label': jnp.asarray(rng.integers(0, 2, bs))}
+
+    def one():
+        holder[0], m = step(holder[0], batch)
+        m['loss'].block_until_ready()
+
+    t = time.perf_counter()
+    one()
+    first = time.perf_counter() - t
+
+    def run(n):
+        times = []
+        for _ in range(n):
+            t = time.perf_counter()
+            one()
+            times.append(time.perf_counter() - t)
+        return statistics.median(times)
+    return run, first
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--sizes', type=int, nargs='+', default=[64, 128, 224])
+    ap.add_argument('--bs', type=int, default=32)
+    ap.add_argument('--steps', type=int, default=3, help='timed steps per repeat (default 3)')
+    ap.add_argument('--repeats', type=int, default=3)
+    ap.add_argument('--torch-python', default=os.path.join('.venv-torch', 'bin', 'python'))
+    ap.add_argument('--no-compile', action='store_true', help='skip torch.compile')
+    args = ap.parse_args()
+    import jax
+    if not os.path.exists(args.torch_python):
+        sys.exit(f'no torch venv at {args.torch_python}; make one with: python3 -m venv .venv-torch '
+                 f'&& .venv-torch/bin/pip install torch==2.14.1 torchvision==0.29.1 '
+                 f'(or pass --torch-python)')
+    worker = subprocess.Popen([args.torch_python, '-c', WORKER], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, bufsize=1)
+
+    def ask(sz, mode, steps):
+        worker.stdin.write(json.dumps({'sz': sz, 'bs': args.bs, 'mode': mode, 'steps': steps}) + '\n')
+        return json.loads(worker.stdout.readline())
+
+    modes = ['eager'] + ([] if args.no_compile else ['compile'])
+    print(f'ResNet34 training, batch {args.bs}, float32, SGD momentum 0.9; {os.cpu_count()} cores, '
+          f'jax {jax.__version__} on {jax.devices()[0].platform}; load average '
+          f'{os.getloadavg()[0]:.1f}; median of {args.repeats} repeats x {args.steps} steps')
+    rows = []
+    for sz in args.sizes:
+        run, first = jax_runner(sz, args.bs)
+        res = {'jax': [], **{m: [] for m in modes}}
+        firsts = {'jax': first}
+        errors = {}
+        for _ in range(args.repeats):
+            res['jax'].append(run(args.steps))
+            for m in modes:
+                if m in errors:
+                    continue
+                r = ask(sz, m, args.steps)
+                if 'error' in r:
+                    errors[m] = r['error']
+                    continue
+                res[m].append(r['median'])
+                firsts[m] = r['first']
+        med = {k: statistics.median(v) for k, v in res.items() if v}
+        rows.append((sz, med, firsts, errors))
+        line = f'{sz:>4}px  jaxcls {args.bs / med["jax"]:7.1f} img/s (first step {first:5.1f} s)'
+        for m in modes:
+            if m in med:
+                line += (f' | torch {m} {args.bs / med[m]:7.1f} img/s, jaxcls/torch '
+                         f'{med[m] / med["jax"]:.2f}x')
+            else:
+                line += f' | torch {m}: failed ({errors.get(m, "?")[:80]})'
+        print(line, flush=True)
+    worker.stdin.close()
+    worker.wait()
+
+
+if __name__ == '__main__':
+    main()
