@@ -562,6 +562,8 @@ def _close_figures() -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the `jaxcls` command; returns the exit status (0 ok, 2 user mistake)."""
     args = build_parser().parse_args(argv)
+    from jaxcls import compile_cache
+    compile_cache.enable()  # a second run of the same command skips XLA compilation
     try:
         return int(args.func(args) or 0)
     except UserError as e:
