@@ -70,3 +70,17 @@ def cam(fmap: jax.Array, weights: jax.Array, class_idx: Any) -> jax.Array:
     cls = jnp.broadcast_to(jnp.asarray(class_idx, jnp.int32), fmap.shape[:1])
     w = jnp.take(weights, cls, axis=1).T  # (B, C)
     return _normalise(jax.nn.relu(jnp.einsum('bhwc,bc->bhw', fmap, w)))
+
+
+def learner_heatmaps(learn: Any, images: Any, classes: Any) -> Any:
+    """Grad-CAM maps (n, sz, sz) of a ConvLearner for uint8 cache images and class indices.
+
+    The images go through the validation transform (centre crop, normalise) first, as the
+    learner sees them; the maps are returned as numpy, upsampled to sz.
+    """
+    import numpy as np
+    from jaxcls.data.transforms import val_transform
+    x = val_transform(jnp.asarray(np.asarray(images)), learn.data.tfms[1])
+    _, up = class_activation_map(learn.model, learn.state.variables, x,
+                                 jnp.asarray(np.asarray(classes), jnp.int32))
+    return np.asarray(up)

@@ -163,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument('--csv', nargs='?', const='-', metavar='FILE',
                     help='write CSV (path,class,probability) to FILE, or to stdout without FILE')
     pr.add_argument('--bs', type=_positive_int, default=64, help='batch size (default 64)')
+    pr.add_argument('--cam', metavar='OUT.png', help='also save the images (up to 16) with the '
+                    'class activation map (Grad-CAM) of the predicted class overlaid')
     pr.set_defaults(func=_predict)
 
     it = sub.add_parser('interpret', help='confusion matrix, per-class report and plots of a '
@@ -176,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help='name of the validation folder inside PATH (default valid)')
     it.add_argument('--bs', type=_positive_int, default=64, help='batch size (default 64)')
     it.add_argument('--out', metavar='DIR', help=f'where plots go (default PATH/{OUT_DIRNAME})')
+    it.add_argument('--cam', action='store_true', help='also save the top-loss and most-incorrect '
+                    'images with class activation maps (Grad-CAM) overlaid')
     it.set_defaults(func=_interpret)
 
     from jaxcls import demo as demo_mod
@@ -456,9 +460,28 @@ def _predict(args: argparse.Namespace) -> int:
         width = max([len(r[0]) for r in rows] + [0])
         for path, cls, prob in rows:
             print(f'{path:<{width}}  {cls}  {prob}')
+    if args.cam and kept:
+        _save_predict_cam(pred, kept[:16], probs[:16], args.cam)
+        print(f'class activation maps of {min(len(kept), 16)} images: {args.cam}')
     if skipped:
         print(f'jaxcls: {len(skipped)} of {len(files)} files could not be read', file=sys.stderr)
     return 0 if rows else 1
+
+
+def _save_predict_cam(pred, paths, probs, fname: str) -> None:
+    """A grid of the images as the model sees them, the predicted class's Grad-CAM overlaid."""
+    import numpy as np
+    from jaxcls import plots
+    from jaxcls.data import transforms as T
+    from jaxcls.data.decode import decode_image
+    x = np.stack([decode_image(p, pred.cache_size) for p in paths])
+    cls = np.argmax(probs, 1)
+    maps = pred.heatmaps(x, cls)
+    shown = T.denorm(np.asarray(T.val_transform(x, pred.tfm)), pred.tfm)
+    titles = [f'{pred.classes[c]} {p[c]:.2f}\n{os.path.basename(f)}' for c, p, f in zip(cls, probs, paths)]
+    plots.plot_images(shown, titles, rows=max(1, int(np.ceil(len(paths) / 4))), heatmaps=maps,
+                      fname=fname)
+    _close_figures()
 
 
 def _learner_for_checkpoint(model: str, path: str, valid_name: str, bs: int):
@@ -519,7 +542,7 @@ def _interpret(args: argparse.Namespace) -> int:
     out = _out_dir(args, os.path.abspath(args.path))
     os.makedirs(out, exist_ok=True)
     interp = ClassificationInterpretation.from_learner(learn)
-    plots = save_interpretation(interp, out)
+    plots = save_interpretation(interp, out, cam=args.cam)
     _close_figures()
     print(f'{len(interp)} images in {os.path.join(data.path, args.valid_name)}, '
           f'accuracy {interp.accuracy():.4f}')

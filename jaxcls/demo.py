@@ -177,12 +177,14 @@ def build_digits(root: Optional[str] = None, *, size: int = DIGITS_SIZE, valid_p
 # ---------------------------------------------------------------------------- outputs
 
 def save_interpretation(interp, out: str, *, k: int = 9, per_class: bool = True,
-                        n: int = 4) -> dict[str, str]:
+                        n: int = 4, cam: bool = False) -> dict[str, str]:
     """Save the lesson's pictures of a ClassificationInterpretation into `out`; {name: path}.
 
     Always `confusion_matrix.png` and `top_losses.png` (the k worst images); with
     `per_class`, `most_incorrect_<class>.png` for every class that has a mistake
-    (single-label only: multi-label images have no one true class).
+    (single-label only: multi-label images have no one true class). With `cam`, also
+    `top_losses_cam.png` and `most_incorrect_<class>_cam.png`: the same images with the
+    predicted class's activation map (Grad-CAM) overlaid.
     Shared by `run_demo` and the `jaxcls train` / `jaxcls interpret` commands.
     """
     from jaxcls import plots
@@ -191,12 +193,19 @@ def save_interpretation(interp, out: str, *, k: int = 9, per_class: bool = True,
              'top_losses': os.path.join(out, 'top_losses.png')}
     plots.plot_confusion_matrix(interp, fname=saved['confusion_matrix'])
     plots.plot_top_losses(interp, k=k, fname=saved['top_losses'])
+    if cam and not interp.is_multi:
+        saved['top_losses_cam'] = os.path.join(out, 'top_losses_cam.png')
+        plots.plot_top_losses(interp, k=k, fname=saved['top_losses_cam'], heatmap=True)
     if per_class and not interp.is_multi:
         for c, name in enumerate(interp.classes):
             if len(interp.most_incorrect(c, n)):
                 key = f'most_incorrect_{_file_safe(name)}'
                 saved[key] = os.path.join(out, f'{key}.png')
                 plots.plot_most_incorrect(interp, c, n=n, fname=saved[key])
+                if cam:
+                    saved[key + '_cam'] = os.path.join(out, f'{key}_cam.png')
+                    plots.plot_most_incorrect(interp, c, n=n, fname=saved[key + '_cam'],
+                                              heatmap=True)
     _close_figures()
     return saved
 

@@ -67,6 +67,7 @@ class ClassificationInterpretation:
                  fnames: Optional[Sequence[str]] = None, is_multi: bool = False, *,
                  thresh: float = 0.5, val_cfg: Any = None):
         probs = np.asarray(probs, np.float64)
+        self._cam = None  # set by from_learner: (uint8 images, classes) -> heatmaps
         self.classes = [str(c) for c in classes]
         self.c = len(self.classes)
         if probs.ndim != 2 or probs.shape[1] != self.c:
@@ -131,8 +132,31 @@ class ClassificationInterpretation:
         preds, targs = learn.predict_with_targs(is_test)
         is_multi = bool(getattr(learn, 'is_multi', False))
         probs = np.asarray(preds, np.float64) if is_multi else np.exp(np.asarray(preds, np.float64))
-        return cls(probs, targs, data.classes, images=ds.x, fnames=ds.fnames, is_multi=is_multi,
-                   val_cfg=data.tfms[1])
+        interp = cls(probs, targs, data.classes, images=ds.x, fnames=ds.fnames, is_multi=is_multi,
+                     val_cfg=data.tfms[1])
+        from jaxcls.cam import learner_heatmaps  # jax-only; no plotting
+        interp._cam = lambda images, classes: learner_heatmaps(learn, images, classes)
+        return interp
+
+    def heatmaps(self, idxs: Any, classes: Any = None) -> np.ndarray:
+        """Class activation maps (n, sz, sz) in [0, 1] of the images at `idxs`, for `classes`
+        (default: each image's predicted class). Needs an interpretation from a learner.
+
+        >>> interp.heatmaps(interp.top_losses(4)[1]).shape  # doctest: +SKIP
+        (4, 224, 224)
+        """
+        if getattr(self, '_cam', None) is None or self.images is None:
+            raise ValueError('heatmaps need the model: build the interpretation with '
+                             'ClassificationInterpretation.from_learner(learn)')
+        idxs = np.asarray(idxs, np.int64).ravel()
+        if classes is None:
+            if self.is_multi:
+                raise ValueError('multi-label images have no single predicted class; pass '
+                                 'classes= (one class index per image)')
+            classes = self.preds[idxs]
+        classes = [self.class_index(c) for c in np.broadcast_to(np.asarray(classes, object),
+                                                                idxs.shape)]
+        return self._cam(self.images[idxs], np.asarray(classes, np.int32))
 
     # ------------------------------------------------------------------ helpers
 

@@ -100,7 +100,9 @@ def plot_loss(rec, n_skip: int = 10, n_skip_end: int = 5, fname: Any = None):
 # A heatmap value h in [0, 1] is drawn over its pixel with opacity HEATMAP_ALPHA * h, so
 # a zero leaves the image untouched and a one covers half of it with the colour map's top.
 HEATMAP_ALPHA = 0.5
-HEATMAP_CMAP = 'magma'
+# 'jet' ends in red: it stands out on white strokes and dark backgrounds alike, where
+# magma's pale-yellow top vanished on bright image areas (seen on the digits demo).
+HEATMAP_CMAP = 'jet'
 # Confusion matrices with more classes than this show colours only, no numbers in the cells.
 _CM_MAX_TEXT = 30
 
@@ -250,18 +252,24 @@ def _interp_images(interp, idxs):
     return x
 
 
-def _heatmaps_for(heatmaps, idxs):
+def _heatmaps_for(heatmaps, idxs, interp=None):
+    if heatmaps is True:  # class activation maps of the predicted classes (interp.heatmaps)
+        if interp is None or not hasattr(interp, 'heatmaps'):
+            raise ValueError('heatmap=True needs an interpretation made from a learner '
+                             '(ClassificationInterpretation.from_learner(learn))')
+        return interp.heatmaps(idxs)
     return heatmaps(idxs) if callable(heatmaps) else heatmaps
 
 
 def plot_interpretation(interp, idxs, title=None, fname=None, heatmaps=None, rows: int = 1,
-                        figsize=None):
+                        figsize=None, heatmap: bool = False):
     """The images at `idxs` of a ClassificationInterpretation, each titled `interp.title(i)`
     ('dogs 0.93 (true cats)'): the lesson's plot_val_with_title.
 
     Images are centre-cropped (the validation transform of `interp.val_cfg`) and
     shown in 0..1 colours. `heatmaps` is one (h, w) array in [0, 1] per index, or
-    a callable taking `idxs` and returning them.
+    a callable taking `idxs` and returning them; `heatmap=True` overlays the class
+    activation map (Grad-CAM) of each image's predicted class.
 
     >>> from jaxcls.interpret import ClassificationInterpretation
     >>> interp = ClassificationInterpretation(np.eye(2), [0, 0], ['cats', 'dogs'],
@@ -271,11 +279,13 @@ def plot_interpretation(interp, idxs, title=None, fname=None, heatmaps=None, row
     """
     idxs = np.asarray(idxs, np.int64).ravel()
     fig = _grid(_interp_images(interp, idxs), [interp.title(i) for i in idxs], rows, figsize,
-                _heatmaps_for(heatmaps, idxs), title, 'plot_interpretation')
+                _heatmaps_for(True if heatmap else heatmaps, idxs, interp), title,
+                'plot_interpretation')
     return _finish(fig, fname)
 
 
-def plot_top_losses(interp, k: int = 9, fname=None, heatmaps=None, rows=None, figsize=None):
+def plot_top_losses(interp, k: int = 9, fname=None, heatmaps=None, rows=None, figsize=None,
+                    heatmap: bool = False):
     """The k images with the highest loss, titled 'predicted probability (true class)' and
     the loss; a square-ish grid unless `rows` is given.
 
@@ -291,32 +301,33 @@ def plot_top_losses(interp, k: int = 9, fname=None, heatmaps=None, rows=None, fi
         rows = max(1, math.isqrt(len(idxs)))
     titles = [f'{interp.title(i)}\nloss {l:.2f}' for l, i in zip(losses, idxs)]
     fig = _grid(_interp_images(interp, idxs), titles, rows, figsize,
-                _heatmaps_for(heatmaps, np.asarray(idxs)),
+                _heatmaps_for(True if heatmap else heatmaps, np.asarray(idxs), interp),
                 'Top losses: prediction probability (true class), loss', 'plot_top_losses')
     return _finish(fig, fname)
 
 
-def plot_most_correct(interp, cls, n: int = 4, fname=None, heatmaps=None):
+def plot_most_correct(interp, cls, n: int = 4, fname=None, heatmaps=None, heatmap: bool = False):
     """The lesson's 'most correct cats': images of class `cls` predicted right, most sure first."""
     name = interp.classes[interp.class_index(cls)]
     return plot_interpretation(interp, interp.most_correct(cls, n), f'Most correct {name}',
-                               fname, heatmaps)
+                               fname, True if heatmap else heatmaps)
 
 
-def plot_most_incorrect(interp, cls, n: int = 4, fname=None, heatmaps=None):
+def plot_most_incorrect(interp, cls, n: int = 4, fname=None, heatmaps=None, heatmap: bool = False):
     """The lesson's 'most incorrect cats': images of class `cls` predicted wrong, the most
     confidently wrong first."""
     name = interp.classes[interp.class_index(cls)]
     return plot_interpretation(interp, interp.most_incorrect(cls, n), f'Most incorrect {name}',
-                               fname, heatmaps)
+                               fname, True if heatmap else heatmaps)
 
 
-def plot_most_uncertain(interp, cls=None, n: int = 4, fname=None, heatmaps=None):
+def plot_most_uncertain(interp, cls=None, n: int = 4, fname=None, heatmaps=None, heatmap: bool = False):
     """The lesson's 'most uncertain predictions' (probability closest to 1/c), of class `cls`
     if given."""
     name = '' if cls is None else ' ' + interp.classes[interp.class_index(cls)]
     return plot_interpretation(interp, interp.most_uncertain(cls, n),
-                               f'Most uncertain predictions{name}', fname, heatmaps)
+                               f'Most uncertain predictions{name}', fname,
+                               True if heatmap else heatmaps)
 
 
 def _draw_cm(ax, cm, labels, cmap, fmt):

@@ -2,6 +2,7 @@
 linear head, shapes and ranges. (Localisation on trained models is measured in the issue's
 closing note; see bench/ and the issue tracker.)"""
 import jax
+import pytest
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
@@ -67,3 +68,38 @@ def test_shapes_ranges_and_any_class():
         assert np.all((m.max(axis=(1, 2)) == 0) | np.isclose(m.max(axis=(1, 2)), 1))
     other, _ = class_activation_map(net, v, x, jnp.array([0, 2, 0, 2]), upsample=False)
     assert not np.allclose(other, low)   # a different class gives a different map
+
+
+def test_interpretation_heatmaps_and_plots(tmp_path):
+    import matplotlib
+    matplotlib.use('Agg')
+    from jaxcls import ConvLearner, ImageClassifierData, plots, tfms_from_model
+    from jaxcls.interpret import ClassificationInterpretation
+    from jaxcls.train.inference import Predictor
+    from test_learner import TINY, make_folder
+    root = make_folder(tmp_path / 'd', n_train=6, n_valid=4)
+    data = ImageClassifierData.from_paths(root, bs=4, tfms=tfms_from_model(TINY, 32), quiet=True)
+    learn = ConvLearner.pretrained(TINY, data, pretrained=False, quiet=True, xtra_cut=1,
+                                   precompute=True)
+    learn.fit(0.05, 1)
+    interp = ClassificationInterpretation.from_learner(learn)
+    idxs = np.array([0, 3, 5])
+    maps = interp.heatmaps(idxs)
+    assert maps.shape == (3, 32, 32) and maps.min() >= 0 and maps.max() <= 1 + 1e-6
+    x = jnp.asarray(data.val_ds.x[idxs])
+    from jaxcls.data.transforms import val_transform
+    _, up = class_activation_map(learn.model, learn.state.variables,
+                                 val_transform(x, data.tfms[1]), interp.preds[idxs])
+    np.testing.assert_allclose(maps, up, atol=1e-6)
+    other = interp.heatmaps(idxs, classes=1 - interp.preds[idxs])
+    assert not np.allclose(other, maps)
+    fig = plots.plot_top_losses(interp, k=4, heatmap=True, fname=tmp_path / 'tl.png')
+    assert len(fig.axes) == 4 and (tmp_path / 'tl.png').stat().st_size > 0
+    plain = plots.plot_top_losses(interp, k=4)
+    fig.canvas.draw(); plain.canvas.draw()
+    assert not np.array_equal(np.asarray(fig.canvas.buffer_rgba()), np.asarray(plain.canvas.buffer_rgba()))
+    # The saved model gives the same maps without the training data.
+    pred = Predictor.load(learn.save('cam'))
+    np.testing.assert_allclose(pred.heatmaps(data.val_ds.x[idxs], interp.preds[idxs]), maps, atol=1e-5)
+    with pytest.raises(ValueError, match='from_learner'):
+        ClassificationInterpretation(interp.probs, interp.targs, interp.classes).heatmaps([0])

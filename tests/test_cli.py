@@ -137,9 +137,21 @@ def test_interpret_prints_confusion_matrix_and_report(trained, path, tmp_path):
     assert 'precision' in out and 'f1-score' in out
     assert os.path.getsize(out_dir / 'confusion_matrix.png') > 1000
     assert os.path.getsize(out_dir / 'top_losses.png') > 1000
+    assert not (out_dir / 'top_losses_cam.png').exists()
     for k, c in enumerate(['cats', 'dogs']):
         assert (out_dir / f'most_incorrect_{c}.png').is_file() == (cm[k].sum() > cm[k, k])
     assert not os.path.exists(os.path.join(path, 'models', 'm'))  # nothing copied or linked
+
+
+def test_cam_overlays_from_the_command_line(trained, path, tmp_path):
+    model = trained['summary']['outputs']['model']
+    rc, out, err = run(['interpret', model, path, '--out', tmp_path / 'p', '--cam'])
+    assert rc == 0, err
+    assert os.path.getsize(tmp_path / 'p' / 'top_losses_cam.png') > 1000
+    png = tmp_path / 'cam.png'
+    rc, out, err = run(['predict', model, os.path.join(path, 'valid', 'dogs'), '--cam', png])
+    assert rc == 0, err
+    assert 'class activation maps of 6 images' in out and os.path.getsize(png) > 1000
 
 
 def test_lr_find_saves_plot_and_prints_a_rate(path, tmp_path):

@@ -73,6 +73,14 @@ class Predictor:
         """Probabilities (softmax, or sigmoid for multi-label) for uint8 images (N, S, S, 3), S >= sz."""
         return np.asarray(self._fn(self.variables, jnp.asarray(images, jnp.uint8)))
 
+    def heatmaps(self, images: Any, classes: Any) -> np.ndarray:
+        """Grad-CAM maps (n, sz, sz) in [0, 1] for uint8 images (N, S, S, 3) and class indices."""
+        from jaxcls.cam import class_activation_map
+        x = T.val_transform(jnp.asarray(images, jnp.uint8), self.tfm)
+        _, up = class_activation_map(self.model, self.variables, x,
+                                     jnp.asarray(np.asarray(classes), jnp.int32))
+        return np.asarray(up)
+
     def predict_files(self, paths: Sequence[str], bs: int = 64
                       ) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
         """(probabilities, the paths that decoded, [(path, reason)] of those that did not)."""
