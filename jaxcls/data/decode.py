@@ -39,10 +39,16 @@ different manifest and the cache is rebuilt; ``key`` hashes the list of names,
 so different subsets of one folder (e.g. CSV splits) get different files.
 
 Bad files never stop a build (``on_bad='skip'``): empty, truncated, corrupt,
-non-image, unreadable or over-large files are left out and listed as
-``(path, reason)`` with one summary :class:`SkippedImagesWarning`;
-``decoded + skipped = found`` always. ``on_bad='raise'`` raises
-:class:`BadImageError` naming every bad file instead.
+non-image, unreadable (no permission, a symlink loop or a dangling link) or
+over-large files, and anything that is not a regular file (a FIFO would block
+``open`` forever), are left out and listed as ``(path, reason)`` with one
+summary :class:`SkippedImagesWarning`; ``decoded + skipped = found`` always.
+``on_bad='raise'`` raises :class:`BadImageError` naming every bad file instead.
+File names that are not valid UTF-8 (``b'bad\\xff.png'``) are handled as
+``os.listdir`` returns them (``'bad\\udcff.png'``) and round-trip through the
+cache manifest. A JPEG whose scan data ends early but is properly terminated
+decodes as libjpeg fills it (grey), as in Pillow; there is no reliable way to
+tell it from a real image. ``tests/test_hostile.py`` holds the whole corpus.
 
 Decompression bombs: images whose pixel count *after* JPEG draft exceeds
 ``max_pixels`` (default: Pillow's ``Image.MAX_IMAGE_PIXELS`` at call time,
@@ -59,6 +65,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import struct
 import uuid
 import warnings
@@ -210,7 +217,10 @@ def decode_image(src: str | os.PathLike | bytes, size: int, *, max_pixels: int |
         fp = io.BytesIO(src)
     else:
         try:
-            if os.stat(src).st_size == 0:
+            st = os.stat(src)
+            if not stat.S_ISREG(st.st_mode):  # a FIFO would block open() forever
+                raise BadImageError('not a regular file (a FIFO, device or socket)')
+            if st.st_size == 0:
                 raise BadImageError('empty file (0 bytes)')
             fp = open(src, 'rb')
         except OSError as e:
@@ -316,7 +326,9 @@ def _stat_sources(root: str, fnames: Sequence[str]) -> list[list]:
 
 
 def _cache_base(cache_dir: str, name: str, size: int, kind: str, names: Sequence[str]) -> str:
-    h = hashlib.sha1('\n'.join([kind, *names]).encode()).hexdigest()[:12]
+    # File names are str as os.listdir gives them: bytes that are not UTF-8 come back as lone
+    # surrogates ('bad\udcff.png'), which encode back to the same bytes with surrogateescape.
+    h = hashlib.sha1('\n'.join([kind, *names]).encode('utf-8', 'surrogateescape')).hexdigest()[:12]
     safe = ''.join(c if c.isalnum() or c in '-_' else '_' for c in name)
     return os.path.join(cache_dir, f'{safe}-{size}px-{h}')
 

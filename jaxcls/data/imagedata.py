@@ -10,17 +10,29 @@ sz)``, reused across runs from ``{path}/tmp/``), then wraps the arrays in
 :class:`~jaxcls.data.loader.DataLoader`\\ s: ``trn_dl`` shuffles (a new order per
 epoch from ``key``), ``val_dl`` and ``test_dl`` keep file order. Images reach the
 device as uint8; augmentation and normalisation (the ``tfms`` configs) run there.
+
+Several processes (after ``jax.distributed.initialize()``): process ``p`` of
+``P`` lists the whole layout (cheap, and every process must agree on the
+classes) but decodes only its share of each split, the items ``p, p + P, ...``
+(:func:`jaxcls.data.loader.shard_indices`), into its own cache
+(``{name}-p{p}of{P}-...npy``, so processes sharing a disk never collide). The
+datasets and ``skipped`` then describe this process's share only, and
+``ds.ids`` says where each of its rows sits in the whole split; ``bs`` stays
+the global batch size. :meth:`DataLoader.collect` and :meth:`DataLoader.targets`
+give whole-split results. Datasets handed to the constructor whole (TFDS) are
+cut to the process's share there, after decoding.
 """
 from __future__ import annotations
 
 import os
 from typing import Any, Sequence
 
+import jax
 import numpy as np
 
 from jaxcls.data import decode as dec
 from jaxcls.data import items as it
-from jaxcls.data.loader import DataLoader
+from jaxcls.data.loader import DataLoader, all_processes, shard_indices
 
 __all__ = ['ImageDataset', 'ImageClassifierData']
 
@@ -39,12 +51,15 @@ class ImageDataset:
         precomputed activations).
       skipped: (name, reason) of files found but not decoded.
       cache_file: the .npy the images live in, or None.
+      ids: int64 position of each row in the whole split when this dataset is
+        one process's share of it (several processes); None for a whole split.
     """
 
     def __init__(self, x: np.ndarray, y: np.ndarray | None, fnames: Sequence[str],
                  classes: Sequence, *, is_multi: bool = False, fingerprint: str = '',
                  skipped: Sequence[tuple[str, str]] = (), cache_file: str | None = None,
-                 from_cache: bool = False, labelled: bool = True):
+                 from_cache: bool = False, labelled: bool = True,
+                 ids: Sequence[int] | None = None):
         self.x = x
         self.y = np.zeros((len(x),), np.int64) if y is None else y
         self.fnames = list(fnames)
@@ -55,17 +70,38 @@ class ImageDataset:
         self.cache_file = cache_file
         self.from_cache = from_cache
         self.labelled = labelled and y is not None
+        self.ids = None if ids is None else np.asarray(ids, np.int64).reshape(-1)
         if not (len(self.x) == len(self.y) == len(self.fnames)):
             raise ValueError(f'{len(self.x)} images, {len(self.y)} targets and {len(self.fnames)} '
                              f'names; they must match')
+        if self.ids is not None and len(self.ids) != len(self.x):
+            raise ValueError(f'{len(self.ids)} ids for {len(self.x)} images; pass one per image')
 
     @classmethod
     def from_decoded(cls, d: dec.Decoded, y: np.ndarray | None, classes: Sequence, *,
-                     is_multi: bool = False) -> 'ImageDataset':
-        """The decoded images with the targets of the rows that were kept."""
+                     is_multi: bool = False, ids: Sequence[int] | None = None) -> 'ImageDataset':
+        """The decoded images with the targets (and `ids`) of the rows that were kept."""
         return cls(d.x, None if y is None else np.asarray(y)[d.kept], d.fnames, classes,
                    is_multi=is_multi, fingerprint=d.fingerprint, skipped=d.skipped,
-                   cache_file=d.cache_file, from_cache=d.from_cache, labelled=y is not None)
+                   cache_file=d.cache_file, from_cache=d.from_cache, labelled=y is not None,
+                   ids=None if ids is None else np.asarray(ids, np.int64)[d.kept])
+
+    def shard(self, index: int, count: int) -> 'ImageDataset':
+        """The rows index, index + count, ... of this whole split (process `index` of `count`).
+
+        >>> ds = ImageDataset(np.zeros((5, 2, 2, 3), np.uint8), np.arange(5), list('abcde'), ['x'])
+        >>> s = ds.shard(1, 2); s.fnames, s.y.tolist(), s.ids.tolist()
+        (['b', 'd'], [1, 3], [1, 3])
+        """
+        if self.ids is not None:
+            raise ValueError('this dataset is already one process\'s share (ids is set)')
+        idx = shard_indices(len(self), index, count)
+        sl = slice(int(index), None, int(count))  # a view, also of a memory map
+        return ImageDataset(self.x[sl], self.y[sl] if self.labelled else None,
+                            [self.fnames[i] for i in idx], self.classes, is_multi=self.is_multi,
+                            fingerprint=f'{self.fingerprint}-p{index}of{count}' if self.fingerprint
+                            else '', skipped=self.skipped, cache_file=self.cache_file,
+                            from_cache=self.from_cache, labelled=self.labelled, ids=idx)
 
     @property
     def c(self) -> int:
@@ -147,6 +183,10 @@ class ImageClassifierData:
                  skipped: Sequence[tuple[str, str]] = ()):
         self.path = os.fspath(path)
         self.tfms = _check_tfms(tfms)
+        p, n_proc = jax.process_index(), jax.process_count()
+        if n_proc > 1:  # whole splits (e.g. TFDS, decoded by every process): keep this one's share
+            trn_ds, val_ds, test_ds = (ds if ds is None or ds.ids is not None else ds.shard(p, n_proc)
+                                       for ds in (trn_ds, val_ds, test_ds))
         self.trn_ds, self.val_ds, self.test_ds = trn_ds, val_ds, test_ds
         self.classes = list(trn_ds.classes)
         self.is_multi = trn_ds.is_multi
@@ -154,12 +194,41 @@ class ImageClassifierData:
         szs = [int(t.sz) for t in self.tfms if t is not None]
         self.sz = max(szs) if szs else trn_ds.cache_size
         self.cache_size = trn_ds.cache_size
-        kw = dict(bs=self.bs, prefetch=prefetch, mesh=mesh)
-        self.trn_dl = DataLoader(trn_ds.x, trn_ds.y, shuffle=True, key=key, drop_last=drop_last, **kw)
-        self.val_dl = DataLoader(val_ds.x, val_ds.y, **kw)
-        self.test_dl = None if test_ds is None else DataLoader(test_ds.x, test_ds.y, **kw)
+        self.key, self.drop_last, self.prefetch, self.mesh = key, drop_last, prefetch, mesh
+        self._make_loaders()
         self.skipped = list(skipped) + [s for ds in (trn_ds, val_ds, test_ds) if ds is not None
                                         for s in ds.skipped]
+
+    def _make_loaders(self) -> None:
+        kw = dict(bs=self.bs, prefetch=self.prefetch, mesh=self.mesh)
+        trn, val, test = self.trn_ds, self.val_ds, self.test_ds
+        self.trn_dl = DataLoader(trn.x, trn.y, shuffle=True, key=self.key,
+                                 drop_last=self.drop_last, ids=trn.ids, **kw)
+        self.val_dl = DataLoader(val.x, val.y, ids=val.ids, **kw)
+        self.test_dl = None if test is None else DataLoader(test.x, test.y, ids=test.ids, **kw)
+        if jax.process_count() > 1:
+            for nm, dl in (('train', self.trn_dl), ('valid', self.val_dl), ('test', self.test_dl)):
+                if dl is not None and dl.n_total == 0:  # the counts are shared: all processes raise
+                    raise ValueError(f'none of the {nm} images could be decoded on any of the '
+                                     f'{jax.process_count()} processes; check the files (see '
+                                     f'.skipped) or on_bad')
+
+    def with_bs(self, bs: int) -> 'ImageClassifierData':
+        """A copy with batch size `bs`: new loaders (same key, drop_last, mesh, and each process's
+        share) over the same decoded images; this object is unchanged.
+
+        >>> x = np.zeros((6, 8, 8, 3), np.uint8); y = np.arange(6) % 2
+        >>> d = ImageClassifierData.from_arrays('.', (x, y), (x, y), bs=4, cache_size=8)
+        >>> len(d.with_bs(2).trn_dl), len(d.trn_dl)
+        (3, 2)
+        """
+        import copy
+        if int(bs) < 1:
+            raise ValueError(f'bs must be >= 1; got {bs}')
+        new = copy.copy(self)
+        new.bs = int(bs)
+        new._make_loaders()
+        return new
 
     @property
     def c(self) -> int:
@@ -217,16 +286,36 @@ class ImageClassifierData:
         _, size = _resolve_size(tfms, cache_size)
         cdir = os.path.join(lay.root, 'tmp') if cache_dir is None else cache_dir
         kw = dict(cache_dir=cdir, num_workers=num_workers, on_bad=on_bad, quiet=quiet)
+        p, n_proc = jax.process_index(), jax.process_count()
         dss = []
         for split, nm in zip((lay.train, lay.valid, lay.test), names):
             if split is None:
                 dss.append(None)
                 continue
-            d = dec.decode_files(split.fnames, lay.root, size, name=nm, **kw)
-            if len(d.kept) == 0:
-                raise ValueError(f'none of the {len(split)} images in {nm} could be decoded, e.g. '
-                                 f'{d.skipped[:2]}; check the files (or on_bad)')
-            dss.append(ImageDataset.from_decoded(d, split.y, lay.classes, is_multi=lay.is_multi))
+            if n_proc == 1:
+                d = dec.decode_files(split.fnames, lay.root, size, name=nm, **kw)
+                if len(d.kept) == 0:
+                    raise ValueError(f'none of the {len(split)} images in {nm} could be decoded, '
+                                     f'e.g. {d.skipped[:2]}; check the files (or on_bad)')
+                dss.append(ImageDataset.from_decoded(d, split.y, lay.classes, is_multi=lay.is_multi))
+                continue
+            # Several processes: decode this process's share only, into its own cache file.
+            # (An empty share is allowed; the loaders check that some process has images.)
+            idx = shard_indices(len(split), p, n_proc)
+            err = None
+            try:
+                d = dec.decode_files([split.fnames[i] for i in idx], lay.root, size,
+                                     name=f'{nm}-p{p}of{n_proc}', **kw)
+            except Exception as e:  # e.g. on_bad='raise': tell the others instead of leaving
+                err = e             # them waiting in the loaders' collectives
+            failed = np.flatnonzero(all_processes(np.asarray([err is not None]))[:, 0]).tolist()
+            if err is not None:
+                raise err
+            if failed:
+                raise RuntimeError(f'process(es) {failed} of {n_proc} failed to decode their share '
+                                   f'of {nm}; their own error says why')
+            dss.append(ImageDataset.from_decoded(d, None if split.y is None else split.y[idx],
+                                                 lay.classes, is_multi=lay.is_multi, ids=idx))
         return cls(lay.root, *dss, bs=bs, tfms=tfms, key=key, drop_last=drop_last,
                    prefetch=prefetch, mesh=mesh, skipped=lay.skipped)
 
@@ -340,19 +429,22 @@ class ImageClassifierData:
         else:
             _, size = _resolve_size(tfms, cache_size)
 
+        p, n_proc = jax.process_index(), jax.process_count()
+
         def ds(x, y, nm):
-            if len(x) != len(y):
+            if y is not None and len(x) != len(y):
                 raise ValueError(f'{nm} has {len(x)} images but {len(y)} labels; pass one per image')
+            # Several processes: each resizes and keeps only its share (items p, p + P, ...).
+            idx = shard_indices(len(x), p, n_proc)
+            if n_proc > 1:
+                x, y = np.asarray(x)[idx], None if y is None else y[idx]
             xa = dec.decode_arrays(x, size, num_workers=num_workers)
-            return ImageDataset(xa, y, [f'{nm}[{i}]' for i in range(len(xa))], classes,
-                                is_multi=is_multi, fingerprint=dec.array_fingerprint(xa))
+            return ImageDataset(xa, y, [f'{nm}[{i}]' for i in idx], classes,
+                                is_multi=is_multi, fingerprint=dec.array_fingerprint(xa),
+                                ids=idx if n_proc > 1 else None)
 
         trn_ds, val_ds = ds(xt, yt, 'trn'), ds(xv, yv, 'val')
-        test_ds = None
-        if test is not None:
-            xa = dec.decode_arrays(test, size, num_workers=num_workers)
-            test_ds = ImageDataset(xa, None, [f'test[{i}]' for i in range(len(xa))], classes,
-                                   is_multi=is_multi, fingerprint=dec.array_fingerprint(xa))
+        test_ds = None if test is None else ds(test, None, 'test')
         return cls(path, trn_ds, val_ds, test_ds, bs=bs, tfms=tfms, key=key,
                    drop_last=drop_last, prefetch=prefetch, mesh=mesh)
 
