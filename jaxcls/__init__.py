@@ -9,12 +9,16 @@ from jaxcls.data.transforms import (CropType, RandomDihedral, RandomFlip, Random
                                     RandomRotate, RandomZoom, tfms_from_model, tfms_from_stats,
                                     transforms_basic, transforms_side_on, transforms_top_down)
 from jaxcls.models import resnet18, resnet34, resnet50
-from jaxcls.train.callbacks import Callback
+from jaxcls.interpret import ClassificationInterpretation
+from jaxcls.train.callbacks import Callback, CSVLogger, TensorBoardLogger
 from jaxcls.train.learner import ConvLearner, TrainingDiverged
+from jaxcls.train.memory import OutOfDeviceMemory
 from jaxcls.train.metrics import accuracy, accuracy_thresh, fbeta
+from jaxcls.train.resume import ModelCheckpoint, ResumeMismatch, SaveBest
 
 __all__ = [
-    'Callback', 'ConvLearner', 'CropType', 'ImageClassifierData', 'ImageDataset', 'RandomDihedral',
+    'CSVLogger', 'Callback', 'ClassificationInterpretation', 'ConvLearner', 'ModelCheckpoint',
+    'OutOfDeviceMemory', 'ResumeMismatch', 'SaveBest', 'TensorBoardLogger', 'CropType', 'ImageClassifierData', 'ImageDataset', 'RandomDihedral',
     'RandomFlip', 'RandomLighting', 'RandomRotate', 'RandomZoom', 'TrainingDiverged', 'accuracy',
     'accuracy_thresh', 'fbeta', 'resnet18', 'resnet34', 'resnet50', 'tfms_from_model',
     'tfms_from_stats', 'transforms_basic', 'transforms_side_on', 'transforms_top_down',

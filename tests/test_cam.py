@@ -103,3 +103,16 @@ def test_interpretation_heatmaps_and_plots(tmp_path):
     np.testing.assert_allclose(pred.heatmaps(data.val_ds.x[idxs], interp.preds[idxs]), maps, atol=1e-5)
     with pytest.raises(ValueError, match='from_learner'):
         ClassificationInterpretation(interp.probs, interp.targs, interp.classes).heatmaps([0])
+
+
+def test_learner_plot_cam(tmp_path):
+    import matplotlib
+    matplotlib.use('Agg')
+    from jaxcls import ConvLearner, ImageClassifierData, tfms_from_model
+    from test_learner import TINY, make_folder
+    root = make_folder(tmp_path / 'd', n_train=4, n_valid=4)
+    data = ImageClassifierData.from_paths(root, bs=4, tfms=tfms_from_model(TINY, 32), quiet=True)
+    learn = ConvLearner.pretrained(TINY, data, pretrained=False, quiet=True, xtra_cut=1)
+    fig = learn.plot_cam([0, 1, 2, 3, 4], fname=tmp_path / 'cam.png')
+    assert len(fig.axes) == 5 and (tmp_path / 'cam.png').stat().st_size > 0
+    assert fig.axes[0].get_title() == learn.interpretation().title(0)

@@ -2,7 +2,11 @@
 
 Callbacks never run inside `jit` and never reach into a step: they see the
 learner and plain Python numbers. Any hook may return True to stop training
-after the current batch (on_batch_end) or epoch (on_epoch_end).
+after the current batch (on_batch_end) or epoch (on_epoch_end). During a fit
+`learner.state` is the state after the latest step and `learner.progress`
+(jaxcls.train.resume.Progress) says where the fit is (step, iteration, data
+epoch, batch); both are updated every step without waiting for the device.
+The checkpoint callbacks (ModelCheckpoint, SaveBest) live in jaxcls.train.resume.
 """
 from __future__ import annotations
 
@@ -22,6 +26,9 @@ class Callback:
     def on_batch_end(self, learner, iteration: int, logs: dict) -> Optional[bool]: ...
     def on_epoch_end(self, learner, epoch: int, logs: dict) -> Optional[bool]: ...
     def on_train_end(self, learner) -> Optional[bool]: ...
+    def on_train_abort(self, learner, error: BaseException) -> None:
+        """The fit is leaving through `error` (divergence, out of memory, Ctrl-C): finish
+        anything in flight (ModelCheckpoint waits for its write). The error is re-raised."""
 
 
 def smooth(losses: Sequence[float], beta: float = LOSS_EMA, start: tuple[float, int] = (0.0, 0)
@@ -30,7 +37,7 @@ def smooth(losses: Sequence[float], beta: float = LOSS_EMA, start: tuple[float, 
 
     Returns the smoothed values and the running (average, count) to continue from.
 
-    >>> smooth([1.0, 1.0])[0].tolist()
+    >>> smooth([1.0, 1.0])[0].round(12).tolist()
     [1.0, 1.0]
     """
     avg, n = start

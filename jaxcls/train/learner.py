@@ -12,11 +12,14 @@ optimizer state, so lr_find, fit with any rates and SGDR reuse it.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import math
 import os
 import sys
 import time
+import uuid
 from typing import Any, Callable, Optional, Sequence
 
 import jax
@@ -24,8 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from jaxcls import compile_cache
 from jaxcls.data import transforms as T
-from jaxcls.data.loader import DataLoader
+from jaxcls.data.loader import DataLoader, replicate
 from jaxcls.models.archs import ArchSpec, get_arch
 from jaxcls.models.head import XTRA_FC, ConvNet, Head
 from jaxcls.models.resnet import ResNet
@@ -33,8 +37,12 @@ from jaxcls.models.zoo import merge_variables
 
 from . import checkpoint as ckpt
 from . import lr_find as lrf
+from . import memory as mem
 from . import precompute as pre
+from . import resume as rs
 from .callbacks import Callback, Recorder, smooth
+from .memory import BatchSizeChoice, OutOfDeviceMemory
+from .resume import ModelCheckpoint, Progress, ResumeMismatch, SaveBest  # noqa: F401 (re-exported)
 from .metrics import accuracy, accuracy_thresh, bce_loss, nll_loss
 from .optim import (MOMENTUM, layer_group_sgd, set_group_hyperparams)
 from .schedules import (DIV, DIV_FINAL, MOMS, PCT_START, lr_range, one_cycle, one_cycle_momentum,
@@ -93,7 +101,12 @@ class ConvLearner:
         self.state = self._place(create_train_state(net.apply, variables, self._tx(), rng=seed))
         self.epoch = 0  # epochs trained so far: the data order of the next epoch
         self.history: list[dict] = []
+        self._history_fits: list[int] = []  # which fit each history row came from
         self.sched: Optional[Recorder] = None
+        self.progress: Optional[Progress] = None  # the running fit's position (None outside)
+        self.run_id = uuid.uuid4().hex  # names this training run in its checkpoints
+        self._fits = 0  # fit/fit_one_cycle calls so far: the index of the next in the sequence
+        self.bs_choice: Optional[BatchSizeChoice] = None
         self._precompute = False
         self.precompute = precompute
 
@@ -105,7 +118,8 @@ class ConvLearner:
                    custom_head: Any = None, precompute: bool = False, pretrained: bool = True,
                    bn_frozen: str = 'eval', weights: Any = None, seed: int = 0,
                    metrics: Optional[Sequence[Callable]] = None, quiet: bool = False,
-                   precompute_aug: int = 0) -> 'ConvLearner':
+                   precompute_aug: int = 0, bs: Any = None,
+                   mem_budget: Optional[int] = None) -> 'ConvLearner':
         """A learner with an ImageNet-pretrained body (`pretrained=False`: random) and a new head.
 
         Args:
@@ -124,7 +138,15 @@ class ConvLearner:
           quiet: no progress bars or tables.
           precompute_aug: with precompute, store this many augmented views of every
             training image (epoch e trains on view e mod K); 0 stores the plain centre crop.
+          bs: None keeps data.bs; an int trains and predicts with that batch size;
+            'auto' picks the largest of data.bs, data.bs/2, ... whose unfrozen training
+            step (every layer group trainable, on augmented images: the most memory-hungry
+            step of the lesson) fits the device, judged from XLA's memory analysis of the
+            compiled step before any batch is allocated (see `auto_bs`).
+          mem_budget: bytes per device for bs='auto' (default: 90% of an accelerator's
+            memory; on CPU half the RAM, shared among the CPU devices).
         """
+        compile_cache.enable()  # the second run of a script loads its compiled steps
         spec = get_arch(arch)
         n_stages = len(spec.stage_sizes) - int(xtra_cut)
         if not 1 <= n_stages <= len(spec.stage_sizes):
@@ -154,6 +176,12 @@ class ConvLearner:
                     seed=seed, metrics=metrics, quiet=quiet, precompute_aug=precompute_aug,
                     head_desc=desc)
         learn.pretrained_body = bool(pretrained or weights is not None)
+        if isinstance(bs, str):
+            if bs != 'auto':
+                raise ValueError(f"bs={bs!r}; use an int, None (data.bs) or 'auto'")
+            learn.auto_bs(budget=mem_budget)
+        elif bs is not None:
+            learn.set_bs(bs)
         return learn
 
     def _group_labels(self, params: dict) -> dict:
@@ -340,7 +368,7 @@ class ConvLearner:
             dl = self.data.trn_dl
             self._feature_loaders[name] = DataLoader(
                 self._features[name], self.data.trn_ds.y, self.data.bs, shuffle=True, key=dl.key,
-                drop_last=dl.drop_last, mesh=dl.mesh)
+                drop_last=dl.drop_last, mesh=dl.mesh, ids=self.data.trn_ds.ids)
         return self._feature_loaders[name]
 
     # ------------------------------------------------------------------ training
@@ -365,7 +393,8 @@ class ConvLearner:
             print(text, flush=True)
 
     def fit(self, lrs: Any, n_cycle: int, wds: Any = None, cycle_len: Optional[int] = None,
-            cycle_mult: int = 1, callbacks: Optional[Sequence[Callback]] = None) -> list[dict]:
+            cycle_mult: int = 1, callbacks: Optional[Sequence[Callback]] = None,
+            checkpoint: Any = None, resume: bool = False) -> list[dict]:
         """Train for `n_cycle` cycles (epochs, without `cycle_len`) with SGD, momentum 0.9.
 
         Args:
@@ -376,9 +405,19 @@ class ConvLearner:
             CosAnneal, including its lr/100 warm start over the first 1/20 of the first cycle).
           cycle_mult: each cycle lasts this many times longer than the one before.
           callbacks: Callback objects notified per batch and epoch.
+          checkpoint: a ModelCheckpoint (or a folder for `ModelCheckpoint(folder)`) that
+            saves the training state while the fit runs.
+          resume: continue from the newest checkpoint of `checkpoint` (or of the first
+            ModelCheckpoint in `callbacks`): run the same script again with resume=True and
+            each fit the checkpointed run completed returns its logs without training, the
+            interrupted one continues at the exact step, rate, random keys and batch, and
+            the ones after it run as usual. The result is bitwise the uninterrupted run's
+            on the same machine and device count. A fit whose arguments differ from the
+            checkpointed one's raises ResumeMismatch.
 
         Returns the per-epoch logs of this fit (epoch, trn_loss, val_loss, metrics, time).
-        A fresh optimizer (momentum buffers at zero) is made per call, as in fastai 0.7.
+        A fresh optimizer (momentum buffers at zero) is made per call, as in fastai 0.7
+        (a resumed fit restores the saved one instead).
         """
         lrs = self._per_group(lrs, 'lrs')
         wds = self._per_group(0.0 if wds is None else wds, 'wds')
@@ -390,39 +429,52 @@ class ConvLearner:
             epochs = int(n_cycle)
             factor = np.ones(epochs * nb, np.float32)
         lr_table = factor[:, None].astype(np.float64) * lrs[None, :]
-        return self._run(epochs, lr_table, None, wds, callbacks)
+        desc = {'kind': 'fit', 'lrs': lrs.tolist(), 'n_cycle': int(n_cycle),
+                'cycle_len': None if not cycle_len else int(cycle_len),
+                'cycle_mult': int(cycle_mult), 'wds': wds.tolist()}
+        return self._run(epochs, lr_table, None, wds, callbacks, desc, checkpoint, resume)
 
     def fit_one_cycle(self, epochs: int, lr_max: Any = 3e-3, pct_start: float = PCT_START,
                       div: float = DIV, div_final: float = DIV_FINAL,
                       moms: tuple[float, float, float] = MOMS, wds: Any = None,
-                      callbacks: Optional[Sequence[Callback]] = None) -> list[dict]:
+                      callbacks: Optional[Sequence[Callback]] = None, checkpoint: Any = None,
+                      resume: bool = False) -> list[dict]:
         """fastai 2's one-cycle policy: rates rise from lr_max/div to lr_max over pct_start,
-        then fall to lr_max/div_final; momentum mirrors them (0.95 -> 0.85 -> 0.95)."""
+        then fall to lr_max/div_final; momentum mirrors them (0.95 -> 0.85 -> 0.95).
+        `checkpoint` and `resume` as in `fit`."""
         lr_max = self._per_group(lr_max, 'lr_max')
+        wds = self._per_group(0.0 if wds is None else wds, 'wds')
         nb = len(self._train_loader(self.epoch))
         total = int(epochs) * nb
         f = table(one_cycle(total, 1.0, pct_start, div, div_final), total)
         m = table(one_cycle_momentum(total, pct_start, moms), total)
-        return self._run(int(epochs), f[:, None].astype(np.float64) * lr_max[None, :], m,
-                         self._per_group(0.0 if wds is None else wds, 'wds'), callbacks)
+        desc = {'kind': 'fit_one_cycle', 'epochs': int(epochs), 'lr_max': lr_max.tolist(),
+                'pct_start': float(pct_start), 'div': float(div), 'div_final': float(div_final),
+                'moms': [float(v) for v in moms], 'wds': wds.tolist()}
+        return self._run(int(epochs), f[:, None].astype(np.float64) * lr_max[None, :], m, wds,
+                         callbacks, desc, checkpoint, resume)
 
     def fine_tune(self, epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1,
                   lr_mult: float = 100, pct_start: float = 0.3, div: float = 5.0,
-                  callbacks: Optional[Sequence[Callback]] = None) -> list[dict]:
+                  callbacks: Optional[Sequence[Callback]] = None, checkpoint: Any = None,
+                  resume: bool = False) -> list[dict]:
         """fastai 2's fine_tune: one-cycle the head for freeze_epochs, then unfreeze and
-        one-cycle everything with rates from base_lr/2/lr_mult (first group) to base_lr/2."""
+        one-cycle everything with rates from base_lr/2/lr_mult (first group) to base_lr/2.
+        Two fits of the learner's sequence; `checkpoint` and `resume` as in `fit`."""
         self.freeze()
-        hist = self.fit_one_cycle(freeze_epochs, base_lr, pct_start=0.99, callbacks=callbacks)
+        hist = self.fit_one_cycle(freeze_epochs, base_lr, pct_start=0.99, callbacks=callbacks,
+                                  checkpoint=checkpoint, resume=resume)
         base_lr /= 2
         self.unfreeze()
         lrs = np.geomspace(base_lr / lr_mult, base_lr, self.n_groups)
         return hist + self.fit_one_cycle(epochs, lrs, pct_start=pct_start, div=div,
-                                         callbacks=callbacks)
+                                         callbacks=callbacks, checkpoint=checkpoint,
+                                         resume=resume)
 
     def _place(self, tree: Any) -> Any:
         """Replicate a pytree over the data mesh: one consistent placement for every input of
         the compiled steps, so that no call sees a new sharding and recompiles."""
-        return jax.device_put(tree, NamedSharding(self.data.trn_dl.mesh, P()))
+        return replicate(tree, self.data.trn_dl.mesh)
 
     def _fresh_state(self, wds: np.ndarray) -> TrainState:
         state = self.state.with_tx(self._tx())
@@ -439,76 +491,315 @@ class ConvLearner:
         return opt_state
 
     def _run(self, epochs: int, lr_table: np.ndarray, mom_table: Optional[np.ndarray],
-             wds: np.ndarray, callbacks: Optional[Sequence[Callback]]) -> list[dict]:
+             wds: np.ndarray, callbacks: Optional[Sequence[Callback]], desc: dict,
+             checkpoint: Any = None, resume: bool = False) -> list[dict]:
         callbacks = list(callbacks or [])
+        if checkpoint is not None:
+            if not isinstance(checkpoint, ModelCheckpoint):
+                checkpoint = ModelCheckpoint(checkpoint)
+            if checkpoint not in callbacks:
+                callbacks.append(checkpoint)
+        # Which fit of the sequence this is; counted once it trains (or is found complete), so a
+        # refused call (a mismatch, a folder of another run) does not shift the later ones.
+        fit_index = self._fits
+        nb = len(self._train_loader(self.epoch))
+        desc = dict(desc, fit_index=fit_index, iterations=int(len(lr_table)),
+                    fit_epochs=int(epochs), batches_per_epoch=int(nb), bs=int(self.data.bs),
+                    n_train=int(getattr(self.data.trn_dl, 'n_total', len(self.data.trn_ds))), trainable=list(self.trainable),
+                    precompute=self._precompute)
         state = self._fresh_state(wds)
         step_fn = self._fn('train')
-        rec = self.sched = Recorder('fit')
-        ema = (0.0, 0)
-        hist: list[dict] = []
+        rec = Recorder('fit')
+        ema, hist, t_it, e0, b0, losses0, its0 = (0.0, 0), [], 0, 0, 0, [], []
+        if resume:
+            src = rs.resume_source(checkpoint, callbacks)
+            if src is None:
+                raise ValueError('resume=True needs the checkpoints to resume from: pass '
+                                 'checkpoint=ModelCheckpoint(folder) (or a folder) as in the '
+                                 'interrupted run')
+            action, step, record, arrays = rs.find_resume_point(
+                src.bind(self), fit_index, desc, rs.state_arrays(state))
+            if record is not None:
+                self.run_id = record['run']  # this process continues that run
+            if action == 'skip':
+                self._fits = fit_index + 1
+                self._print(f'fit #{fit_index} was completed by the checkpointed run '
+                            f'({src.directory}); skipped')
+                return [h for h, f in zip(record['history'], record['history_fits'])
+                        if f == fit_index]
+            if action == 'restore':
+                state = self._place(state.replace(**arrays))
+                ema, hist = (float(record['ema'][0]), int(record['ema'][1])), list(record['hist'])
+                t_it, e0, b0 = int(record['iteration']), int(record['fit_epoch']), int(record['batch'])
+                losses0 = [np.float32(v) for v in record['losses']]
+                its0 = [int(v) for v in record['its']]
+                self.epoch = int(record['epoch'])
+                self.history = list(record['history'])
+                self._history_fits = [int(v) for v in record['history_fits']]
+                sched = record['sched']
+                rec.lrs, rec.losses = list(sched['lrs']), list(sched['losses'])
+                rec.moms, rec.iterations = list(sched['moms']), list(sched['iterations'])
+                rec.epochs = hist
+                if self._precompute:
+                    self.state = state
+                    self._ensure_features()  # features of the restored body
+                self._print(f'resuming fit #{fit_index} from {src.directory}/{step}: epoch '
+                            f'{e0 + 1}/{epochs}, batch {b0}/{nb}, iteration {t_it}')
+                if record['done']:
+                    self._fits = fit_index + 1
+                    self.state, self.sched = state, rec
+                    self.history += hist
+                    self._history_fits += [fit_index] * len(hist)
+                    return hist
+        self.sched = rec
+        self.state = state
+        p = self.progress = Progress(fit=desc, step=int(state.step), iteration=t_it, fit_epoch=e0,
+                                     epoch=self.epoch, batch=b0, batches=nb, losses=losses0,
+                                     its=its0, ema=ema, hist=hist)
         names = ['epoch', 'trn_loss', 'val_loss'] + [_name(m) for m in self.metrics] + ['time']
         self._print('  '.join(f'{n:>10}' for n in names))
-        stop = any(cb.on_train_begin(self) for cb in callbacks)
-        t_it = 0
-        for e in range(epochs):
-            if stop:
-                break
-            t0 = time.time()
-            loader = self._train_loader(self.epoch)
-            stop = any(cb.on_epoch_begin(self, self.epoch) for cb in callbacks) or stop
-            bar = self._bar(len(loader), f'epoch {e + 1}/{epochs}')
-            losses, its = [], []
-            # The step leaves the state unchanged when its loss is not finite; the host checks
-            # each loss one step late (while the next step runs), so no step waits for it.
-            prev, bad = None, None
-            for batch in loader.iter_epoch(self.epoch):
-                i = min(t_it, len(lr_table) - 1)
-                opt = self._set_rates(state.opt_state, lr_table[i],
-                                      None if mom_table is None else mom_table[i])
-                state, metrics = step_fn(state.replace(opt_state=opt), batch)
-                losses.append(metrics['loss'])
-                its.append(i)
-                t_it += 1
+        try:
+            stop = any(cb.on_train_begin(self) for cb in callbacks)
+            self._fits = fit_index + 1
+            for e in range(e0, epochs):
+                if stop:
+                    break
+                t0 = time.time()
+                loader = self._train_loader(self.epoch)
+                start = b0 if e == e0 else 0
+                stop = any(cb.on_epoch_begin(self, self.epoch) for cb in callbacks) or stop
+                bar = self._bar(len(loader) - start, f'epoch {e + 1}/{epochs}')
+                losses, its = (losses0, its0) if e == e0 else ([], [])
+                p.epoch, p.batch, p.losses, p.its = self.epoch, start, losses, its
+                # The step leaves the state unchanged when its loss is not finite; the host checks
+                # each loss one step late (while the next step runs), so no step waits for it.
+                prev, bad = None, None
+                for batch in loader.iter_epoch(self.epoch, start=start):
+                    i = min(t_it, len(lr_table) - 1)
+                    opt = self._set_rates(state.opt_state, lr_table[i],
+                                          None if mom_table is None else mom_table[i])
+                    state, metrics = step_fn(state.replace(opt_state=opt), batch)
+                    self.state = state
+                    losses.append(metrics['loss'])
+                    its.append(i)
+                    t_it += 1
+                    p.iteration, p.step, p.batch = t_it, p.step + 1, p.batch + 1
+                    if bar:
+                        bar.update(1)
+                    if prev is not None and not math.isfinite(float(prev[0])):
+                        bad = prev
+                        break
+                    prev = (metrics['loss'], i)
+                    if callbacks and any(cb.on_batch_end(self, t_it, {'loss': metrics['loss']})
+                                         for cb in callbacks):
+                        stop = True
+                        break
                 if bar:
-                    bar.update(1)
-                if prev is not None and not math.isfinite(float(prev[0])):
+                    bar.close()
+                if bad is None and prev is not None and not math.isfinite(float(prev[0])):
                     bad = prev
-                    break
-                prev = (metrics['loss'], i)
-                if callbacks and any(cb.on_batch_end(self, t_it, {'loss': metrics['loss']})
-                                     for cb in callbacks):
-                    stop = True
-                    break
-            if bar:
-                bar.close()
-            if bad is None and prev is not None and not math.isfinite(float(prev[0])):
-                bad = prev
-            if bad is not None:
-                self.state = state  # the last finite parameters: bad steps changed nothing
-                raise TrainingDiverged(
-                    f'the training loss became {float(bad[0])} at iteration {bad[1]} (epoch '
-                    f'{self.epoch}, learning rates [{", ".join(f"{v:.3g}" for v in lr_table[bad[1]])}]'
-                    '); the model keeps its last finite parameters. Run learn.lr_find() and '
-                    'pick a lower rate.')
-            raw = np.asarray(jnp.stack(losses)) if losses else np.zeros(0)
-            smoothed, ema = smooth(raw, start=ema)
-            rec.record(lr_table[its, -1], smoothed,
-                       mom_table[its] if mom_table is not None else [MOMENTUM] * len(its))
+                if bad is not None:
+                    raise TrainingDiverged(
+                        f'the training loss became {float(bad[0])} at iteration {bad[1]} (epoch '
+                        f'{self.epoch}, learning rates [{", ".join(f"{v:.3g}" for v in lr_table[bad[1]])}]'
+                        '); the model keeps its last finite parameters. Run learn.lr_find() and '
+                        'pick a lower rate.')
+                raw = np.asarray(jnp.stack(losses)) if losses else np.zeros(0)
+                smoothed, ema = smooth(raw, start=ema)
+                rec.record(lr_table[its, -1], smoothed,
+                           mom_table[its] if mom_table is not None else [MOMENTUM] * len(its))
+                self.epoch += 1
+                logs = {'epoch': self.epoch - 1, 'trn_loss': float(smoothed[-1]) if len(smoothed)
+                        else math.nan}
+                logs.update(self._validate())
+                logs['time'] = time.time() - t0
+                hist.append(logs)
+                rec.epochs = hist
+                p.fit_epoch, p.epoch, p.batch, p.losses, p.its = e + 1, self.epoch, 0, [], []
+                p.ema, p.done = ema, e + 1 == epochs
+                self._print('  '.join(_fmt(logs.get(n)) for n in names))
+                stop = any(cb.on_epoch_end(self, logs['epoch'], logs) for cb in callbacks) or stop
+            p.done = True
+            for cb in callbacks:
+                cb.on_train_end(self)
+        except BaseException as err:
+            # The last finite parameters (a bad step changed nothing); checkpoints in flight land.
             self.state = state
-            self.epoch += 1
-            logs = {'epoch': self.epoch - 1, 'trn_loss': float(smoothed[-1]) if len(smoothed) else
-                    math.nan}
-            logs.update(self._validate())
-            logs['time'] = time.time() - t0
-            hist.append(logs)
-            rec.epochs.append(logs)
-            self._print('  '.join(_fmt(logs.get(n)) for n in names))
-            stop = any(cb.on_epoch_end(self, logs['epoch'], logs) for cb in callbacks) or stop
-        for cb in callbacks:
-            cb.on_train_end(self)
+            for cb in callbacks:
+                cb.on_train_abort(self, err)
+            self.progress = None
+            if mem.is_out_of_memory(err):
+                raise OutOfDeviceMemory(self._oom_message('training', err)) from err
+            raise
         self.state = state
         self.history += hist
+        self._history_fits += [fit_index] * len(hist)
+        self.progress = None
         return hist
+
+    def checkpoint_record(self) -> dict:
+        """What a checkpoint stores besides the arrays (JSON): the running fit's description
+        and position, the loss-EMA state, the epoch logs and history, `sched`'s record and the
+        run id. Read by ModelCheckpoint during a fit."""
+        p = self.progress
+        rec = self.sched
+        return {'version': rs.RECORD_VERSION, 'run': self.run_id, 'fit': p.fit, 'step': int(p.step),
+                'iteration': int(p.iteration), 'fit_epoch': int(p.fit_epoch),
+                'epoch': int(p.epoch), 'batch': int(p.batch), 'batches': int(p.batches),
+                'losses': rs.record_floats(p.losses), 'its': [int(v) for v in p.its],
+                'ema': [float(p.ema[0]), int(p.ema[1])], 'hist': _jsonable(p.hist),
+                'done': bool(p.done), 'history': _jsonable(self.history),
+                'history_fits': list(self._history_fits),
+                'sched': {'lrs': list(rec.lrs), 'losses': list(rec.losses),
+                          'moms': list(rec.moms), 'iterations': list(rec.iterations)}}
+
+    def restore_checkpoint(self, source: Any, step: Optional[int] = None) -> dict:
+        """Load a ModelCheckpoint/SaveBest checkpoint (a callback or its folder; default the
+        newest step) into this learner outside a fit: parameters, BatchNorm statistics, step,
+        random key, data epoch and history, and the optimizer state when the same layer
+        groups are trainable now. Returns the checkpoint's record.
+
+        >>> learn.restore_checkpoint(best)           # a SaveBest: its best step   # doctest: +SKIP
+        """
+        ck = source if isinstance(source, ModelCheckpoint) else ModelCheckpoint(source)
+        ck.bind(self)
+        if step is None:
+            if isinstance(ck, SaveBest):
+                step = ck.best_step()
+            else:
+                found = ck.latest()
+                step = None if found is None else found[0]
+            if step is None:
+                raise FileNotFoundError(f'no checkpoint in {ck.directory}')
+        record = ck.read_record(step)
+        self._check_meta(ck.read_meta(step), f'{ck.directory}/{step}')
+        if list(record['fit']['trainable']) == list(self.trainable):
+            fresh = self._place(self.state.with_tx(self._tx()))
+            state = fresh.replace(**ck.read_state(step, rs.state_arrays(fresh)))
+        else:  # another optimizer structure: everything but the optimizer state
+            rep = NamedSharding(self.data.trn_dl.mesh, P())
+            md = ck.state_metadata(step)
+            target = jax.tree_util.tree_map(
+                lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=rep), md)
+            arrays = ck.read_state(step, target)
+            state = self.state.replace(**{k: arrays[k] for k in ('params', 'batch_stats', 'step',
+                                                                 'rng')})
+        self.state = self._place(state)
+        self.epoch = int(record['epoch'])
+        self.history = list(record['history']) + list(record['hist'])
+        self.run_id = record['run']
+        if self._precompute:
+            self._ensure_features()
+        return record
+
+    # ------------------------------------------------------------------ batch size and memory
+
+    def set_bs(self, bs: int) -> None:
+        """Train and predict with batches of `bs` from now on (new loaders over the same decoded
+        images; `learn.data` becomes a copy with that bs, the data object passed in is unchanged)."""
+        bs = int(bs)
+        if bs == self.data.bs:
+            return
+        if hasattr(self.data, 'with_bs'):
+            self.data = self.data.with_bs(bs)
+        else:
+            old, d = self.data, copy.copy(self.data)
+            kw = dict(bs=bs, prefetch=old.trn_dl.prefetch, mesh=old.trn_dl.mesh)
+            d.bs = bs
+            d.trn_dl = DataLoader(old.trn_ds.x, old.trn_ds.y, shuffle=True, key=old.trn_dl.key,
+                                  drop_last=old.trn_dl.drop_last, **kw)
+            d.val_dl = DataLoader(old.val_ds.x, old.val_ds.y, **kw)
+            d.test_dl = None if old.test_ds is None else DataLoader(old.test_ds.x, old.test_ds.y, **kw)
+            self.data = d
+        self._feature_loaders = {}
+
+    @contextlib.contextmanager
+    def _configured(self, trainable: tuple, precompute: bool):
+        was = self.trainable, self._precompute
+        self.trainable, self._precompute = tuple(trainable), bool(precompute)
+        try:
+            yield
+        finally:
+            self.trainable, self._precompute = was
+
+    def step_memory(self, bs: int, unfrozen: bool = True) -> int:
+        """Bytes per device the training step needs at batch size `bs`, from XLA's memory
+        analysis of the compiled step (compiled, not run: nothing of that size is allocated).
+
+        Args:
+          bs: the batch size (global, over all devices).
+          unfrozen: judge the step with every layer group trainable on augmented images
+            (the lesson's largest); False judges the current configuration.
+        """
+        trainable = (True,) * self.n_groups if unfrozen else self.trainable
+        precompute = False if unfrozen else self._precompute
+        dl = self.data.trn_dl
+        mesh = dl.mesh
+        rep, shard = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+        with self._configured(trainable, precompute):
+            fn = self._fn('train')
+            tx = self._tx()
+            abstract = jax.eval_shape(lambda s: s.with_tx(tx), self.state)
+            abstract = jax.tree_util.tree_map(
+                lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), abstract)
+            if precompute:
+                self._ensure_features()
+                x = self._features['train_aug0' if self.precompute_aug else 'train']
+                image = jax.ShapeDtypeStruct((bs,) + tuple(x.shape[1:]), x.dtype, sharding=shard)
+            else:
+                x = self.data.trn_ds.x
+                image = jax.ShapeDtypeStruct((bs,) + tuple(x.shape[1:]), np.uint8, sharding=shard)
+            y = dl.y
+            batch = {'image': image,
+                     'label': jax.ShapeDtypeStruct((bs,) + tuple(y.shape[1:]), y.dtype, sharding=shard),
+                     'mask': jax.ShapeDtypeStruct((bs,), np.float32, sharding=shard)}
+            return mem.step_bytes(fn.lower(abstract, batch).compile())
+
+    def auto_bs(self, start: Optional[int] = None, budget: Optional[int] = None,
+                unfrozen: bool = True, apply: bool = True) -> BatchSizeChoice:
+        """Pick the largest of start, start/2, ... (default start: data.bs; multiples of the
+        device count) whose training step fits `budget` bytes per device, and use it.
+
+        The need of each size is XLA's memory analysis of the compiled step (`step_memory`):
+        arguments + non-donated outputs + temporaries. The default budget is 90% of an
+        accelerator's memory, or on CPU half the RAM shared among the CPU devices
+        (`jaxcls.train.memory.device_budget`). Each size tried costs one compilation.
+
+        Returns a BatchSizeChoice (bs, need, budget, tried); also kept as `learn.bs_choice`.
+
+        >>> learn.auto_bs(budget=2 * 2**30).bs        # doctest: +SKIP
+        32
+        """
+        ndev = self.data.trn_dl.mesh.shape['data']
+        budget = mem.device_budget(self.data.trn_dl.mesh.devices.flat[0]) if budget is None \
+            else int(budget)
+        choice = mem.choose_batch_size(lambda b: self.step_memory(b, unfrozen),
+                                       self.data.bs if start is None else int(start), budget, ndev)
+        self.bs_choice = choice
+        if apply:
+            self.set_bs(choice.bs)
+        self._print(f'auto batch size: {choice}')
+        return choice
+
+    def _oom_message(self, what: str, err: BaseException) -> str:
+        bs = int(self.data.bs)
+        ndev = self.data.trn_dl.mesh.shape['data']
+        lower = max(ndev, bs // 2 // ndev * ndev)
+        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        return (f'out of device memory {what} with bs={bs} (sz={self.data.sz}, {ndev} device(s), '
+                f'layer groups trainable {list(self.trainable)}, precompute={self._precompute}). '
+                f'Use a smaller batch: learn.set_bs({lower}), or build the data with bs={lower} '
+                f"(ImageClassifierData.from_paths(PATH, bs={lower}, ...)), or let "
+                f"ConvLearner.pretrained(..., bs='auto') pick one that fits. XLA said: {first}")
+
+    @contextlib.contextmanager
+    def _memory_guard(self, what: str):
+        try:
+            yield
+        except Exception as err:
+            if mem.is_out_of_memory(err):
+                raise OutOfDeviceMemory(self._oom_message(what, err)) from err
+            raise
 
     def _validate(self) -> dict:
         preds, targs = self.predict_with_targs()
@@ -539,23 +830,24 @@ class ConvLearner:
         best, ema, it = math.inf, (0.0, 0), 0
         bar = self._bar(nb, 'lr_find')
         epoch = self.epoch
-        while it < nb:
-            for batch in self._train_loader(epoch).iter_epoch(epoch):
-                opt = self._set_rates(state.opt_state, lr_table[it])
-                state, metrics = step_fn(state.replace(opt_state=opt), batch)
-                sm, ema = smooth([float(metrics['loss'])], start=ema)
-                loss = float(sm[0])
-                rec.record([lr_table[it, -1]], [loss], [MOMENTUM])
-                it += 1
-                if bar:
-                    bar.update(1)
-                if stop_div and lrf.should_stop(loss, best):
-                    it = nb
-                if loss < best and it > lrf.BEST_AFTER:
-                    best = loss
-                if it >= nb:
-                    break
-            epoch += 1
+        with self._memory_guard('in lr_find'):
+            while it < nb:
+                for batch in self._train_loader(epoch).iter_epoch(epoch):
+                    opt = self._set_rates(state.opt_state, lr_table[it])
+                    state, metrics = step_fn(state.replace(opt_state=opt), batch)
+                    sm, ema = smooth([float(metrics['loss'])], start=ema)
+                    loss = float(sm[0])
+                    rec.record([lr_table[it, -1]], [loss], [MOMENTUM])
+                    it += 1
+                    if bar:
+                        bar.update(1)
+                    if stop_div and lrf.should_stop(loss, best):
+                        it = nb
+                    if loss < best and it > lrf.BEST_AFTER:
+                        best = loss
+                    if it >= nb:
+                        break
+                epoch += 1
         if bar:
             bar.close()
         del state  # the copy; self.state was never touched
@@ -579,7 +871,7 @@ class ConvLearner:
             self._ensure_features()
             dl = self.data.val_dl
             return DataLoader(self._features['test' if is_test else 'valid'], ds.y, self.data.bs,
-                              mesh=dl.mesh), ds
+                              mesh=dl.mesh, ids=ds.ids), ds
         return (self.data.test_dl if is_test else self.data.val_dl), ds
 
     def predict(self, is_test: bool = False) -> np.ndarray:
@@ -591,11 +883,11 @@ class ConvLearner:
         loader, ds = self._predict_loader(is_test)
         fn = self._fn('predict')
         variables = self.state.variables
-        outs = []
-        for batch in loader.iter_epoch(0):
-            outs.append((fn(variables, batch['image']), batch['mask']))
-        preds = np.concatenate([np.asarray(p)[np.asarray(m) > 0] for p, m in outs])
-        return preds, np.asarray(ds.y)
+        with self._memory_guard('predicting'):
+            outs = [fn(variables, batch['image']) for batch in loader.iter_epoch(0)]
+            # Real rows only, in split order, on every process (a collective with several).
+            preds = loader.collect(outs)
+        return preds, loader.targets()
 
     def predict_array(self, x: Any) -> np.ndarray:
         """Predictions for a batch: uint8 images (N, H, W, 3), H and W >= sz, are centre-cropped
@@ -627,8 +919,8 @@ class ConvLearner:
             outs = []
             for b, batch in enumerate(loader.iter_epoch(0)):
                 bkeys = jax.vmap(lambda k: jax.random.fold_in(k, b))(keys)
-                outs.append((fn(variables, bkeys, batch['image']), batch['mask']))
-            aug = np.concatenate([np.asarray(p)[:, np.asarray(m) > 0] for p, m in outs], axis=1)
+                outs.append(fn(variables, bkeys, batch['image']))
+            aug = loader.collect(outs, axis=1)
         finally:
             self._precompute = was
         return np.concatenate([np.stack([plain] * math.ceil(n_aug / 4)), aug]), targs
@@ -641,6 +933,23 @@ class ConvLearner:
         """
         from jaxcls.interpret import ClassificationInterpretation
         return ClassificationInterpretation.from_learner(self)
+
+    def plot_cam(self, idxs: Any, classes: Any = None, is_test: bool = False, fname: Any = None):
+        """Validation images `idxs` with the class activation map (Grad-CAM) of `classes`
+        (default: each image's predicted class) overlaid, titled like the lesson's plots.
+
+        >>> learn.plot_cam([0, 1, 2, 3])   # doctest: +SKIP
+        """
+        from jaxcls import plots
+        interp = self.interpretation() if not is_test else None
+        if interp is None:
+            from jaxcls.interpret import ClassificationInterpretation
+            interp = ClassificationInterpretation.from_learner(self, is_test=True)
+        idxs = np.asarray(idxs, np.int64).ravel()
+        title = 'Class activation maps' + ('' if classes is None else ' (asked classes)')
+        return plots.plot_interpretation(interp, idxs, title, fname,
+                                         heatmaps=interp.heatmaps(idxs, classes),
+                                         rows=max(1, int(math.ceil(len(idxs) / 4))))
 
     # ------------------------------------------------------------------ save / load
 
@@ -672,14 +981,7 @@ class ConvLearner:
         """Load a model saved with `save(name)`; its arch and classes must match this learner's."""
         folder = os.path.join(self._models_dir(), name)
         meta = ckpt.load_meta(folder)
-        mine = self._meta()
-        for k in ('arch', 'c', 'stages', 'head'):
-            if meta.get(k) != mine[k]:
-                raise ValueError(
-                    f"checkpoint {folder} holds {meta.get('arch')} with {meta.get('c')} classes "
-                    f"(stages {meta.get('stages')}, head {meta.get('head')}); this learner is "
-                    f"{mine['arch']} with {mine['c']} classes (stages {mine['stages']}, head "
-                    f"{mine['head']}). Load it into a learner built the same way.")
+        self._check_meta(meta, folder)
         same_opt = tuple(meta.get('trainable', ())) == self.trainable
         target = {'params': self.state.params, 'batch_stats': self.state.batch_stats,
                   'step': self.state.step}
@@ -692,6 +994,16 @@ class ConvLearner:
             opt_state=restored.get('opt_state', self.state.opt_state)))
         if self._precompute:
             self._ensure_features()
+
+    def _check_meta(self, meta: dict, folder: str) -> None:
+        mine = self._meta()
+        for k in ('arch', 'c', 'stages', 'head'):
+            if meta.get(k) != mine[k]:
+                raise ValueError(
+                    f"checkpoint {folder} holds {meta.get('arch')} with {meta.get('c')} classes "
+                    f"(stages {meta.get('stages')}, head {meta.get('head')}); this learner is "
+                    f"{mine['arch']} with {mine['c']} classes (stages {mine['stages']}, head "
+                    f"{mine['head']}). Load it into a learner built the same way.")
 
     def __repr__(self) -> str:
         return (f'ConvLearner({self.arch_name}, {self.data.c} classes, layer groups trainable '
@@ -713,6 +1025,19 @@ def _restore_subset(folder: str, target: dict) -> dict:
     for k, v in target.items():
         out[k] = jax.tree_util.tree_map(lambda t, s: jnp.asarray(s, t.dtype), v, full[k])
     return out
+
+
+def _jsonable(x: Any) -> Any:
+    """Logs as plain JSON values (numpy scalars to Python numbers)."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.integer, np.bool_)):
+        return x.item()
+    if isinstance(x, (np.floating, np.ndarray, jax.Array)):
+        return np.asarray(x).item() if np.ndim(x) == 0 else np.asarray(x).tolist()
+    return x
 
 
 def _name(metric: Callable) -> str:

@@ -1,0 +1,110 @@
+"""How much memory a compiled step needs, how much a device has, and the largest batch that fits.
+
+Pure helpers: `step_bytes` reads XLA's own memory analysis of a compiled executable
+(`jax.jit(f).lower(...).compile().memory_analysis()`), so a batch size is judged before
+anything of that size is allocated. The learner uses them for `bs='auto'`.
+
+    >>> choose_batch_size(lambda bs: 1000 + 100 * bs, start=64, budget=5000).bs
+    32
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Optional
+
+import jax
+
+__all__ = ['BatchSizeChoice', 'OutOfDeviceMemory', 'choose_batch_size', 'device_budget',
+           'step_bytes', 'is_out_of_memory', 'GPU_FRACTION', 'HOST_FRACTION']
+
+# Share of an accelerator's memory (its allocator's bytes_limit) a training step may plan for.
+GPU_FRACTION = 0.9
+# On CPU the "device" is host RAM, which also holds the decoded images, the precomputed
+# features and Python: plan for half of physical RAM, divided among the CPU devices.
+HOST_FRACTION = 0.5
+
+
+class OutOfDeviceMemory(MemoryError):
+    """A training step needs more memory than the device has (names the batch size and a fix)."""
+
+
+@dataclasses.dataclass
+class BatchSizeChoice:
+    """The outcome of `choose_batch_size`.
+
+    Attributes:
+      bs: the chosen batch size.
+      need: bytes the step needs at that size.
+      budget: the budget it was judged against (bytes per device).
+      tried: [(bs, need)] for every size compiled, largest first.
+    """
+    bs: int
+    need: int
+    budget: int
+    tried: list
+
+    def __str__(self) -> str:
+        mib = lambda b: f'{b / 2 ** 20:.0f} MiB'
+        return (f'bs={self.bs} (needs {mib(self.need)} of a {mib(self.budget)} budget; tried '
+                + ', '.join(f'{b}: {mib(n)}' for b, n in self.tried) + ')')
+
+
+def step_bytes(compiled: Any) -> int:
+    """Peak bytes of a compiled executable per device: arguments + outputs not aliased to
+    (donated) arguments + temporaries + generated code."""
+    m = compiled.memory_analysis()
+    if m is None:
+        raise RuntimeError('this backend reports no memory analysis for compiled steps; pass an '
+                           'explicit bs instead of bs="auto"')
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+               + m.temp_size_in_bytes + m.generated_code_size_in_bytes)
+
+
+def device_budget(device: Any = None, fraction: Optional[float] = None) -> int:
+    """Bytes a training step may use on `device` (default: the first device).
+
+    An accelerator: `fraction` (default GPU_FRACTION) of its allocator's limit. CPU:
+    `fraction` (default HOST_FRACTION) of physical RAM, shared among the CPU devices.
+    """
+    device = jax.devices()[0] if device is None else device
+    stats = None
+    try:
+        stats = device.memory_stats()
+    except Exception:  # some backends do not implement it
+        pass
+    if stats and stats.get('bytes_limit'):
+        return int(stats['bytes_limit'] * (GPU_FRACTION if fraction is None else fraction))
+    ram = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    n = max(1, sum(d.platform == device.platform for d in jax.devices()))
+    return int(ram * (HOST_FRACTION if fraction is None else fraction) / n)
+
+
+def choose_batch_size(need: Callable[[int], int], start: int, budget: int, multiple: int = 1
+                      ) -> BatchSizeChoice:
+    """The largest of start, start/2, start/4, ... (multiples of `multiple`) whose `need(bs)`
+    fits `budget`. Raises OutOfDeviceMemory when even `multiple` does not fit.
+
+    >>> c = choose_batch_size(lambda bs: 1000 + 100 * bs, start=64, budget=5000)
+    >>> c.bs, c.tried
+    (32, [(64, 7400), (32, 4200)])
+    """
+    multiple = max(1, int(multiple))
+    bs = max(multiple, int(start) // multiple * multiple)
+    tried = []
+    while True:
+        n = int(need(bs))
+        tried.append((bs, n))
+        if n <= budget:
+            return BatchSizeChoice(bs, n, int(budget), tried)
+        if bs <= multiple:
+            raise OutOfDeviceMemory(
+                f'even bs={bs} needs {n / 2 ** 20:.0f} MiB per device, more than the budget of '
+                f'{budget / 2 ** 20:.0f} MiB; use a smaller image size (sz), precompute=True, '
+                'fewer trainable layer groups, or a larger mem_budget')
+        bs = max(multiple, bs // 2 // multiple * multiple)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """An XLA RESOURCE_EXHAUSTED error (a failed device allocation)."""
+    return isinstance(error, jax.errors.JaxRuntimeError) and 'RESOURCE_EXHAUSTED' in str(error)
