@@ -503,9 +503,7 @@ def _learner_for_checkpoint(model: str, path: str, valid_name: str, bs: int):
     if 'custom_head' in head:
         raise UserError(f'{model} has a custom head ({head["custom_head"]}); rebuild that learner '
                         'in Python and use learn.load(name)')
-    s = meta['arch_spec']
-    spec = ArchSpec(s['name'], s['block'], tuple(s['stage_sizes']), s['num_features'], s['cut'],
-                    s['lr_cut'], tuple(s['mean']), tuple(s['std']))
+    spec = ArchSpec.from_json(meta['arch_spec'])
     tfms = tfms_from_model(spec, int(meta['sz']))
     with _user_errors():
         data = ImageClassifierData.from_paths(path, bs=bs, tfms=tfms, trn_name=valid_name,

@@ -407,7 +407,7 @@ def run_demo(out: Optional[str] = None, *, data_dir: Optional[str] = None,
     write_json(summary_path, summary)
 
     confused = ', '.join(f'{a} as {p} ({n})' for a, p, n in interp.most_confused()[:4]) or 'none'
-    how = (f'fine-tuned from ImageNet weights' if use_pretrained else 'trained from scratch')
+    how = ('fine-tuned from ImageNet weights' if use_pretrained else 'trained from scratch')
     say('')
     say(f'== jaxcls demo finished in {t_end - t0:.0f} s ==')
     say(f'model:     {arch} (body cut after layer2), {how}, {int(epochs)} epochs, lr {lr:g}')

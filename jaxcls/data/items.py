@@ -198,7 +198,7 @@ def _class_folder_split(path: str, name: str) -> tuple[list[str], list[str], lis
 
 
 def _unlabelled_split(path: str, name: str) -> tuple[SplitItems, list[tuple[str, str]]]:
-    folder = _require_dir(path, name, 'test', f'Create it, or pass test_name=None.')
+    folder = _require_dir(path, name, 'test', 'Create it, or pass test_name=None.')
     imgs, skipped = list_images(folder, root=path)
     if not imgs:
         raise LayoutError(f'test folder {folder!r} has no images; add some or pass test_name=None')
@@ -257,7 +257,7 @@ def folder_items(path: str, trn_name: str = 'train', val_name: str = 'valid',
     if test_name is not None:
         if test_with_labels:
             _require_dir(path, test_name, 'test',
-                         f'Create it with class subfolders, or pass test_name=None.')
+                         'Create it with class subfolders, or pass test_name=None.')
             tclasses, tst_f, tst_l, tskip = _class_folder_split(path, test_name)
             unknown = sorted(set(tclasses) - set(classes))
             if unknown:

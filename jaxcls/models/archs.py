@@ -51,6 +51,23 @@ class ArchSpec:
     std: tuple[float, float, float] = IMAGENET_STD
     weights: tuple[WeightFile, ...] = field(default_factory=tuple)
 
+    def to_json(self) -> dict:
+        """Plain JSON values (the weight-file list left out): what a checkpoint records."""
+        return {'name': self.name, 'block': self.block, 'stage_sizes': list(self.stage_sizes),
+                'num_features': self.num_features, 'cut': self.cut, 'lr_cut': self.lr_cut,
+                'mean': list(self.mean), 'std': list(self.std)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> 'ArchSpec':
+        """The spec `to_json` wrote (a known arch gets its weight files back).
+
+        >>> ArchSpec.from_json(ARCHS['resnet34'].to_json()) == ARCHS['resnet34']
+        True
+        """
+        return cls(d['name'], d['block'], tuple(d['stage_sizes']), d['num_features'], d['cut'],
+                   d['lr_cut'], tuple(d['mean']), tuple(d['std']),
+                   ARCHS[d['name']].weights if d['name'] in ARCHS else ())
+
     @property
     def layer_groups(self) -> tuple[tuple[str, ...], ...]:
         """Top-level parameter names of the body in each layer group (head excluded)."""

@@ -54,9 +54,7 @@ class Predictor:
         if 'custom_head' in head:
             raise ValueError(f'{folder} has a custom head ({head["custom_head"]}); rebuild the '
                              'learner with it and use learn.load(name) instead')
-        s = meta['arch_spec']
-        spec = ArchSpec(s['name'], s['block'], tuple(s['stage_sizes']), s['num_features'],
-                        s['cut'], s['lr_cut'], tuple(s['mean']), tuple(s['std']))
+        spec = ArchSpec.from_json(meta['arch_spec'])
         body = ResNet(tuple(meta['stages']), spec.block, None)
         net = ConvNet(body, Head(meta['c'], tuple(head['xtra_fc']),
                                  None if head['ps'] is None else tuple(head['ps'])))

@@ -958,17 +958,13 @@ class ConvLearner:
 
     def _meta(self) -> dict:
         from jaxcls import __version__
-        spec = self.spec
         return {'arch': self.arch_name, 'classes': [str(c) for c in self.data.classes],
                 'c': int(self.data.c), 'is_multi': self.is_multi, 'head': self.head_desc,
                 'stages': list(self.model.body.stage_sizes), 'trainable': list(self.trainable),
                 'sz': int(self.data.sz), 'cache_size': int(self.data.cache_size),
                 'pretrained': self.pretrained_body,
                 'val_tfms': tfm_to_json(self.data.tfms[1]),
-                'arch_spec': {'name': spec.name, 'block': spec.block,
-                              'stage_sizes': list(spec.stage_sizes),
-                              'num_features': spec.num_features, 'cut': spec.cut,
-                              'lr_cut': spec.lr_cut, 'mean': list(spec.mean), 'std': list(spec.std)},
+                'arch_spec': self.spec.to_json(),
                 'jaxcls': __version__}
 
     def save(self, name: str) -> str:
