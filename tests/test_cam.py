@@ -1,13 +1,17 @@
 """Class activation maps: Grad-CAM weights against finite differences, CAM = Grad-CAM for a
-linear head, shapes and ranges. (Localisation on trained models is measured in the issue's
-closing note; see bench/ and the issue tracker.)"""
+linear head, shapes and ranges, each upsampled cell on its receptive field, constant maps
+for constant images away from the zero padding, and heatmaps that land on the evidence
+after training (bench/cam_localization.py prints the full-size measurement)."""
+import os
+import sys
+
 import jax
 import pytest
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from jaxcls.cam import cam, class_activation_map, gradcam_weights
+from jaxcls.cam import cam, class_activation_map, feature_stride, gradcam_weights, upsample_map
 from jaxcls.models.head import ConvNet, Head
 from jaxcls.models.resnet import ResNet
 
@@ -68,6 +72,50 @@ def test_shapes_ranges_and_any_class():
         assert np.all((m.max(axis=(1, 2)) == 0) | np.isclose(m.max(axis=(1, 2)), 1))
     other, _ = class_activation_map(net, v, x, jnp.array([0, 2, 0, 2]), upsample=False)
     assert not np.allclose(other, low)   # a different class gives a different map
+
+
+def test_upsampled_cells_sit_on_their_receptive_fields():
+    net, v = tiny_net()
+    x = jax.random.normal(jax.random.PRNGKey(5), (1, 128, 128, 3))
+    fmap = lambda x: net.apply(v, x, method=ConvNet.feature_map)
+    assert fmap(x).shape[1:3] == (8, 8) and feature_stride(128, 8) == 16
+    for i, j in [(4, 4), (3, 5)]:   # cells whose receptive field lies inside the image
+        g = jax.grad(lambda x: jnp.abs(fmap(x)[0, i, j]).sum())(x)
+        a = np.abs(np.asarray(g[0])).sum(-1)
+        centroid = [(a.sum(1 - ax) * np.arange(128)).sum() / a.sum() for ax in (0, 1)]
+        # Centred on pixel 16*i (measured 64.6, 64.1 and 48.6, 79.7), where a half-pixel
+        # resize would put it on 16*i + 7.5.
+        np.testing.assert_allclose(centroid, [16 * i, 16 * j], atol=1.0)
+        delta = jnp.zeros((1, 8, 8)).at[0, i, j].set(1.0)
+        up = np.asarray(upsample_map(delta, (128, 128)))[0]
+        assert np.unravel_index(up.argmax(), up.shape) == (16 * i, 16 * j) and up.max() == 1.0
+    assert feature_stride(100, 4) == 32 and feature_stride(224, 7) == 32   # ceil halving
+    with pytest.raises(ValueError, match='5-cell map is not a power-of-two downsampling of 64'):
+        feature_stride(64, 5)
+
+
+def test_constant_image_gives_a_constant_map_away_from_the_padding():
+    net, v = tiny_net()
+    x = jnp.full((1, 256, 256, 3), 0.3)
+    low, _ = class_activation_map(net, v, x, 1, upsample=False)
+    # The (1, 1, 1) body's receptive field is 99 px wide at stride 16: cells 4..12 never see
+    # the zero padding, so they see the same input and must get the same value. Cells nearer
+    # the border see the padding and differ; the map is not constant there.
+    inner = np.asarray(low[0, 4:13, 4:13])
+    np.testing.assert_allclose(inner, inner[0, 0], atol=1e-5)
+
+
+def test_heatmap_mass_lands_on_the_square(tmp_path):
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'bench'))
+    from cam_localization import measure
+    r = measure('colour', n_train=600, n_valid=100, epochs=3, path=str(tmp_path))
+    # The square's colour is the class; 24 px squares in 64 px noise are 14% of the area.
+    # Measured: accuracy 1.0, median 52% of the heatmap inside the square (0.49 with a
+    # half-pixel resize). The issue's target is 60%; this asserts 3x chance and the gain
+    # from placing cells on their receptive fields.
+    assert r['accuracy'] >= 0.95
+    assert r['median'] >= 3 * r['chance']
+    assert r['median'] > r['median_plain_resize']
 
 
 def test_interpretation_heatmaps_and_plots(tmp_path):
