@@ -14,6 +14,8 @@ same machine: for each size and repeat, jaxcls steps, then torch steps. Both tra
 architecture with SGD (lr 0.01, momentum 0.9) on the same batch size, float32, random
 normalised images; the median step time of each repeat is kept and the median of repeats
 printed, with images/s and the ratio jaxcls / torch (> 1 means jaxcls is faster).
+A second table times the frozen body's forward pass (precompute) the same way against
+torchvision's resnet34 body under no_grad.
 """
 from __future__ import annotations
 
@@ -33,6 +35,16 @@ models = {}
 for line in sys.stdin:
     req = json.loads(line)
     key = (req['sz'], req['mode'])
+    if key not in models and req['mode'] == 'forward':
+        body = torch.nn.Sequential(*list(torchvision.models.resnet34().children())[:-2]).eval()
+        x = torch.randn(req['bs'], 3, req['sz'], req['sz'])
+        def step():
+            with torch.no_grad():
+                f = body(x)
+                return torch.cat([f.amax((2, 3)), f.mean((2, 3))], 1)
+        t = time.perf_counter()
+        step()
+        models[key] = (step, time.perf_counter() - t, None)
     if key not in models:
         m = torchvision.models.resnet34(num_classes=2)
         opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
@@ -101,6 +113,36 @@ def jax_runner(sz: int, bs: int):
     return run, first
 
 
+def jax_forward_runner(sz: int, bs: int):
+    """The frozen body's forward pass as precompute runs it: eval-mode ResNet34 body and
+    concat pooling, jitted, float32."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jaxcls.models import resnet34
+    from jaxcls.models.head import concat_pool
+
+    module, variables = resnet34(num_classes=None)
+    fn = jax.jit(lambda v, x: concat_pool(module.apply(v, x, False)))
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((bs, sz, sz, 3), np.float32))
+
+    def one():
+        fn(variables, x).block_until_ready()
+
+    t = time.perf_counter()
+    one()
+    first = time.perf_counter() - t
+
+    def run(n):
+        times = []
+        for _ in range(n):
+            t = time.perf_counter()
+            one()
+            times.append(time.perf_counter() - t)
+        return statistics.median(times)
+    return run, first
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--sizes', type=int, nargs='+', default=[64, 128, 224])
@@ -109,6 +151,8 @@ def main() -> None:
     ap.add_argument('--repeats', type=int, default=3)
     ap.add_argument('--torch-python', default=os.path.join('.venv-torch', 'bin', 'python'))
     ap.add_argument('--no-compile', action='store_true', help='skip torch.compile')
+    ap.add_argument('--no-forward', action='store_true',
+                    help="skip the frozen-body forward (precompute) table")
     args = ap.parse_args()
     import jax
     if not os.path.exists(args.torch_python):
@@ -153,6 +197,18 @@ def main() -> None:
             else:
                 line += f' | torch {m}: failed ({errors.get(m, "?")[:80]})'
         print(line, flush=True)
+    if not args.no_forward:
+        print(f'Frozen ResNet34 body forward + concat pool (what precompute runs), eval mode, batch '
+              f'{args.bs}, float32, no gradients; median of {args.repeats} repeats x {args.steps} passes')
+        for sz in args.sizes:
+            run, first = jax_forward_runner(sz, args.bs)
+            jx, tc = [], []
+            for _ in range(args.repeats):
+                jx.append(run(args.steps))
+                tc.append(ask(sz, 'forward', args.steps)['median'])
+            j, t = statistics.median(jx), statistics.median(tc)
+            print(f'{sz:>4}px  jaxcls {args.bs / j:7.1f} img/s (first pass {first:5.1f} s) | torch eager '
+                  f'{args.bs / t:7.1f} img/s, jaxcls/torch {t / j:.2f}x', flush=True)
     worker.stdin.close()
     worker.wait()
 

@@ -1,0 +1,149 @@
+"""The lesson workflow end to end: jaxcls vs fastai 2 on the same folder of images, one run.
+
+    python bench/bench_workflow.py                          # the demo digits, resnet18 at 32 px
+    python bench/bench_workflow.py --data PATH --sz 64 --target 0.9 --budget 120
+
+Both sides start from a folder-per-class dataset (train/ and valid/), build their data
+objects, make a ResNet learner with the library's default head, and run fastai 2's
+`fine_tune(epochs, base_lr)`: one frozen epoch, then the whole net one-cycled. Each side
+uses its library's own optimiser (jaxcls: SGD momentum 0.9, fastai: Adam) and the same
+augmentation (no flips, since the default data are digits; zoom up to 1.1). Weights start
+random on both sides (`pretrained=False`: no downloads here). After every epoch the wall
+time since the start of the workflow (data objects included, imports excluded) and the
+validation accuracy are recorded; the table gives
+
+  - the time to first reach `--target` validation accuracy, and
+  - the accuracy of the last epoch finished within `--budget` seconds.
+
+jaxcls runs twice, in fresh processes: 'cold' with an empty compilation cache and 'warm'
+reusing it (the second run of a script). fastai runs in the torch venv (`--torch-python`,
+default .venv-torch/bin/python), made with:
+
+    python3 -m venv .venv-torch && .venv-torch/bin/pip install torch==2.14.1 torchvision==0.29.1 fastai
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+FASTAI = r'''
+import json, os, sys, time
+a = json.loads(sys.argv[1])
+import torch
+torch.set_num_threads(os.cpu_count())
+torch.manual_seed(0)
+from fastai.vision.all import (ImageDataLoaders, Resize, aug_transforms, vision_learner, accuracy,
+                               resnet18, resnet34, resnet50, Callback)
+import fastai
+arch = {'resnet18': resnet18, 'resnet34': resnet34, 'resnet50': resnet50}[a['arch']]
+t0 = time.perf_counter()
+dls = ImageDataLoaders.from_folder(a['data'], train='train', valid='valid', bs=a['bs'],
+                                   item_tfms=Resize(a['sz']), num_workers=0,
+                                   batch_tfms=aug_transforms(size=a['sz'], do_flip=False,
+                                                             max_zoom=1.1))
+learn = vision_learner(dls, arch, pretrained=False, metrics=accuracy)
+learn.remove_cb(learn.cbs.filter(lambda c: type(c).__name__ == 'ProgressCallback')[0])
+t_setup = time.perf_counter() - t0
+epochs = []
+class Clock(Callback):
+    order = 100   # after the Recorder has the epoch's metrics
+    def after_epoch(self):
+        acc = float(self.learn.recorder.values[-1][-1])
+        epochs.append((time.perf_counter() - t0, acc))
+learn.fine_tune(a['epochs'], a['lr'], cbs=[Clock()])
+print(json.dumps({'setup': t_setup, 'epochs': epochs, 'version': 'fastai ' + fastai.__version__
+                  + ', torch ' + torch.__version__}))
+'''
+
+JAXCLS = r'''
+import json, os, sys, time
+a = json.loads(sys.argv[1])
+import jax
+from jaxcls import ConvLearner, ImageClassifierData, tfms_from_model
+from jaxcls.data.transforms import transforms_basic
+from jaxcls.train.callbacks import Callback
+from jaxcls.models import archs
+arch = archs.get_arch(a['arch'])
+t0 = time.perf_counter()
+data = ImageClassifierData.from_paths(a['data'], bs=a['bs'], quiet=True,
+                                      tfms=tfms_from_model(arch, a['sz'], aug_tfms=transforms_basic,
+                                                           max_zoom=1.1))
+learn = ConvLearner.pretrained(arch, data, pretrained=False, quiet=True)
+t_setup = time.perf_counter() - t0
+epochs = []
+class Clock(Callback):
+    def on_epoch_end(self, learner, epoch, logs):
+        epochs.append((time.perf_counter() - t0, float(logs['accuracy'])))
+learn.fine_tune(a['epochs'], a['lr'], callbacks=[Clock()])
+print(json.dumps({'setup': t_setup, 'epochs': epochs, 'version': 'jaxcls, jax ' + jax.__version__}))
+'''
+
+
+def run(python: str, code: str, args: dict, env: dict | None = None) -> dict:
+    out = subprocess.run([python, '-c', code, json.dumps(args)], capture_output=True, text=True,
+                         env={**os.environ, **(env or {})})
+    if out.returncode != 0:
+        return {'error': out.stderr.strip().splitlines()[-1] if out.stderr.strip() else
+                f'exit status {out.returncode}'}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def summarise(r: dict, target: float, budget: float) -> tuple[str, str]:
+    """(time to target, accuracy at budget) as table cells."""
+    ep = r['epochs']
+    hit = next((t for t, acc in ep if acc >= target), None)
+    within = [acc for t, acc in ep if t <= budget]
+    return (f'{hit:.1f} s' if hit is not None else f'not reached ({max(a for _, a in ep):.3f})',
+            f'{within[-1]:.3f}' if within else f'no epoch done (first at {ep[0][0]:.0f} s)')
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--data', help='folder with train/ and valid/ (default: the demo digits)')
+    ap.add_argument('--arch', default='resnet18', choices=['resnet18', 'resnet34', 'resnet50'])
+    ap.add_argument('--sz', type=int, default=32)
+    ap.add_argument('--bs', type=int, default=64)
+    # fine_tune(5): 1 frozen + 5 unfrozen epochs is enough for both to pass 97% on the digits.
+    ap.add_argument('--epochs', type=int, default=5)
+    ap.add_argument('--lr-jaxcls', type=float, default=0.05,
+                    help="jaxcls's base_lr (SGD; default 0.05, the demo's rate for a head)")
+    ap.add_argument('--lr-fastai', type=float, default=2e-3,
+                    help="fastai's base_lr (Adam; default 2e-3, fine_tune's own default)")
+    ap.add_argument('--target', type=float, default=0.95)
+    ap.add_argument('--budget', type=float, default=60.0, help='seconds')
+    ap.add_argument('--torch-python', default=os.path.join('.venv-torch', 'bin', 'python'))
+    args = ap.parse_args()
+    if args.data is None:
+        from jaxcls.demo import build_digits, default_digits_dir
+        args.data = build_digits(default_digits_dir())
+    common = dict(data=os.path.abspath(args.data), arch=args.arch, sz=args.sz, bs=args.bs,
+                  epochs=args.epochs)
+    print(f'{args.arch} at {args.sz} px, batch {args.bs}, fine_tune({args.epochs}) from random '
+          f'weights on {args.data}; {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}')
+    results = {}
+    with tempfile.TemporaryDirectory() as cache:
+        env = {'JAXCLS_COMPILATION_CACHE': cache}
+        results['jaxcls (cold cache)'] = run(sys.executable, JAXCLS, {**common, 'lr': args.lr_jaxcls}, env)
+        results['jaxcls (warm cache)'] = run(sys.executable, JAXCLS, {**common, 'lr': args.lr_jaxcls}, env)
+    if os.path.exists(args.torch_python):
+        results['fastai 2'] = run(args.torch_python, FASTAI, {**common, 'lr': args.lr_fastai})
+    else:
+        results['fastai 2'] = {'error': f'no torch venv at {args.torch_python}; see the docstring '
+                                        'for how to make one, or pass --torch-python'}
+    print(f'{"":22} {"setup s":>8} {"epochs (s: accuracy)":52} {"to " + str(args.target):>16} '
+          f'{"at " + str(args.budget) + " s":>10}')
+    for name, r in results.items():
+        if 'error' in r:
+            print(f'{name:22} failed: {r["error"][:150]}')
+            continue
+        hit, at_budget = summarise(r, args.target, args.budget)
+        traj = ' '.join(f'{t:.0f}:{a:.3f}' for t, a in r['epochs'])
+        print(f'{name:22} {r["setup"]:8.1f} {traj:52} {hit:>16} {at_budget:>10}   ({r["version"]})')
+
+
+if __name__ == '__main__':
+    main()
