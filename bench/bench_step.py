@@ -79,6 +79,22 @@ for line in sys.stdin:
 '''
 
 
+def timed(one):
+    """(run(n) -> median seconds of n calls of `one`, seconds of the first call, compile included)."""
+    t = time.perf_counter()
+    one()
+    first = time.perf_counter() - t
+
+    def run(n):
+        times = []
+        for _ in range(n):
+            t = time.perf_counter()
+            one()
+            times.append(time.perf_counter() - t)
+        return statistics.median(times)
+    return run, first
+
+
 def jax_runner(sz: int, bs: int):
     import jax
     import jax.numpy as jnp
@@ -99,18 +115,7 @@ def jax_runner(sz: int, bs: int):
         holder[0], m = step(holder[0], batch)
         m['loss'].block_until_ready()
 
-    t = time.perf_counter()
-    one()
-    first = time.perf_counter() - t
-
-    def run(n):
-        times = []
-        for _ in range(n):
-            t = time.perf_counter()
-            one()
-            times.append(time.perf_counter() - t)
-        return statistics.median(times)
-    return run, first
+    return timed(one)
 
 
 def jax_forward_runner(sz: int, bs: int):
@@ -129,18 +134,7 @@ def jax_forward_runner(sz: int, bs: int):
     def one():
         fn(variables, x).block_until_ready()
 
-    t = time.perf_counter()
-    one()
-    first = time.perf_counter() - t
-
-    def run(n):
-        times = []
-        for _ in range(n):
-            t = time.perf_counter()
-            one()
-            times.append(time.perf_counter() - t)
-        return statistics.median(times)
-    return run, first
+    return timed(one)
 
 
 def main() -> None:
