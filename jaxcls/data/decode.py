@@ -61,6 +61,7 @@ runs (the bad-file report replaces them).
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import hashlib
 import io
 import json
@@ -375,6 +376,18 @@ def _report(bad: list[tuple[str, str]], n: int, name: str, on_bad: str, from_cac
         SkippedImagesWarning, stacklevel=4)
 
 
+class _NoBar:
+    def update(self, n: int = 1) -> None: ...
+
+
+def _progress(total: int, desc: str, disable: bool):
+    """A tqdm bar, or a do-nothing one; tqdm is only imported when a bar is shown."""
+    if disable:
+        return contextlib.nullcontext(_NoBar())
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, unit='img', leave=False)
+
+
 def _build(*, kind: str, names: Sequence[str], sources: Any, size: int,
            chunks: Callable[[], Iterable[list[tuple[int, Any]]]], name: str,
            cache_dir: str | None | bool, root: str | None, num_workers: int | None,
@@ -427,13 +440,11 @@ def _build(*, kind: str, names: Sequence[str], sources: Any, size: int,
         except BadImageError as e:
             reasons[i] = str(e)
 
-    from tqdm.auto import tqdm
     workers = num_workers or os.cpu_count() or 1
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', Image.DecompressionBombWarning)
         warnings.filterwarnings('ignore', module=r'PIL(\.|$)')
-        with tqdm(total=n, desc=f'decode {name}', unit='img', leave=False,
-                  disable=quiet or n < PROGRESS_MIN) as bar, \
+        with _progress(n, f'decode {name}', quiet or n < PROGRESS_MIN) as bar, \
                 cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix='jaxcls-decode') as ex:
             pending: list[cf.Future] = []
             for chunk in chunks():
