@@ -106,16 +106,20 @@ def jax_runner(sz: int, bs: int):
 
     module, variables = resnet34(num_classes=2)
     holder = [create_train_state(module.apply, variables, sgd(0.01))]
-    step = jax.jit(make_train_step(), donate_argnums=0)
     rng = np.random.default_rng(0)
     batch = {'image': jnp.asarray(rng.standard_normal((bs, sz, sz, 3), np.float32)),
              'label': jnp.asarray(rng.integers(0, 2, bs))}
+    # Trace, lower and compile, timed on their own: what the persistent cache saves.
+    t = time.perf_counter()
+    step = jax.jit(make_train_step(), donate_argnums=0).lower(holder[0], batch).compile()
+    compile_s = time.perf_counter() - t
 
     def one():
         holder[0], m = step(holder[0], batch)
         m['loss'].block_until_ready()
 
-    return timed(one)
+    run, first = timed(one)
+    return run, first, compile_s
 
 
 def jax_forward_runner(sz: int, bs: int):
@@ -145,10 +149,16 @@ def main() -> None:
     ap.add_argument('--repeats', type=int, default=3)
     ap.add_argument('--torch-python', default=os.path.join('.venv-torch', 'bin', 'python'))
     ap.add_argument('--no-compile', action='store_true', help='skip torch.compile')
+    ap.add_argument('--compile-cache', metavar='DIR',
+                    help="keep XLA's persistent compilation cache in DIR (default: off, so every "
+                         'compile is timed cold); run twice with the same DIR to see a cache hit')
     ap.add_argument('--no-forward', action='store_true',
                     help="skip the frozen-body forward (precompute) table")
     args = ap.parse_args()
     import jax
+    if args.compile_cache:
+        from jaxcls import compile_cache
+        compile_cache.enable(args.compile_cache)
     if not os.path.exists(args.torch_python):
         sys.exit(f'no torch venv at {args.torch_python}; make one with: python3 -m venv .venv-torch '
                  f'&& .venv-torch/bin/pip install torch==2.14.1 torchvision==0.29.1 '
@@ -166,7 +176,7 @@ def main() -> None:
           f'{os.getloadavg()[0]:.1f}; median of {args.repeats} repeats x {args.steps} steps')
     rows = []
     for sz in args.sizes:
-        run, first = jax_runner(sz, args.bs)
+        run, first, compile_s = jax_runner(sz, args.bs)
         res = {'jax': [], **{m: [] for m in modes}}
         firsts = {'jax': first}
         errors = {}
@@ -183,7 +193,7 @@ def main() -> None:
                 firsts[m] = r['first']
         med = {k: statistics.median(v) for k, v in res.items() if v}
         rows.append((sz, med, firsts, errors))
-        line = f'{sz:>4}px  jaxcls {args.bs / med["jax"]:7.1f} img/s (first step {first:5.1f} s)'
+        line = f'{sz:>4}px  jaxcls {args.bs / med["jax"]:7.1f} img/s (compile {compile_s:4.1f} s, first step {first:4.1f} s)'
         for m in modes:
             if m in med:
                 line += (f' | torch {m} {args.bs / med[m]:7.1f} img/s, jaxcls/torch '

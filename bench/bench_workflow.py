@@ -97,7 +97,7 @@ def summarise(r: dict, target: float, budget: float) -> tuple[str, str]:
     ep = r['epochs']
     hit = next((t for t, acc in ep if acc >= target), None)
     within = [acc for t, acc in ep if t <= budget]
-    return (f'{hit:.1f} s' if hit is not None else f'not reached ({max(a for _, a in ep):.3f})',
+    return (f'{hit:.1f} s' if hit is not None else f'not reached ({max(a for _, a in ep):.4f})',
             f'{within[-1]:.3f}' if within else f'no epoch done (first at {ep[0][0]:.0f} s)')
 
 
@@ -107,13 +107,14 @@ def main() -> None:
     ap.add_argument('--arch', default='resnet18', choices=['resnet18', 'resnet34', 'resnet50'])
     ap.add_argument('--sz', type=int, default=32)
     ap.add_argument('--bs', type=int, default=64)
-    # fine_tune(5): 1 frozen + 5 unfrozen epochs is enough for both to pass 97% on the digits.
+    # fine_tune(5): 1 frozen + 5 unfrozen epochs; both sides end near 95% on the digits.
     ap.add_argument('--epochs', type=int, default=5)
     ap.add_argument('--lr-jaxcls', type=float, default=0.05,
                     help="jaxcls's base_lr (SGD; default 0.05, the demo's rate for a head)")
     ap.add_argument('--lr-fastai', type=float, default=2e-3,
                     help="fastai's base_lr (Adam; default 2e-3, fine_tune's own default)")
-    ap.add_argument('--target', type=float, default=0.95)
+    # Both sides end near 95% after fine_tune(5) from random weights; 93% is on the way there.
+    ap.add_argument('--target', type=float, default=0.93)
     ap.add_argument('--budget', type=float, default=60.0, help='seconds')
     ap.add_argument('--torch-python', default=os.path.join('.venv-torch', 'bin', 'python'))
     args = ap.parse_args()

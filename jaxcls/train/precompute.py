@@ -43,20 +43,34 @@ def compute_features(feature_fn: Callable, x: np.ndarray, bs: int,
                      progress: Optional[Callable[[int], None]] = None) -> np.ndarray:
     """Run the jitted `feature_fn(uint8 batch) -> (B, F)` over all of x, in order.
 
-    The last batch is padded to bs (so one compiled shape serves all) and cut back.
+    The last batch is padded to bs (so one compiled shape serves all) and cut back. One
+    batch stays in flight: batch k + 1 is gathered and dispatched (JAX runs it
+    asynchronously) before batch k's features are copied back, so on an accelerator the
+    host's gathering and copying overlap the device's forward pass.
     """
     n = len(x)
     out = None
+    pending = None  # (start, real, device features) of the batch in flight
+
+    def collect(start: int, real: int, f: Any) -> None:
+        nonlocal out
+        f = np.asarray(f)[:real]
+        if out is None:
+            out = np.empty((n,) + f.shape[1:], np.float32)
+        out[start:start + real] = f
+        if progress:
+            progress(real)
+
     for s in range(0, n, bs):
         idx = np.arange(s, min(s + bs, n))
         real = len(idx)
         batch = np.asarray(x[np.resize(idx, bs)]) if real < bs else np.asarray(x[idx])
-        f = np.asarray(feature_fn(batch))[:real]
-        if out is None:
-            out = np.empty((n,) + f.shape[1:], np.float32)
-        out[s:s + real] = f
-        if progress:
-            progress(real)
+        f = feature_fn(batch)
+        if pending is not None:
+            collect(*pending)
+        pending = (s, real, f)
+    if pending is not None:
+        collect(*pending)
     return np.zeros((0,), np.float32) if out is None else out
 
 
