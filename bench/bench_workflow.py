@@ -109,13 +109,15 @@ def main() -> None:
     ap.add_argument('--bs', type=int, default=64)
     # fine_tune(5): 1 frozen + 5 unfrozen epochs; both sides end near 95% on the digits.
     ap.add_argument('--epochs', type=int, default=5)
-    ap.add_argument('--lr-jaxcls', type=float, default=0.05,
-                    help="jaxcls's base_lr (SGD; default 0.05, the demo's rate for a head)")
-    ap.add_argument('--lr-fastai', type=float, default=2e-3,
-                    help="fastai's base_lr (Adam; default 2e-3, fine_tune's own default)")
+    # Each side's base_lr is the best of a small sweep on the digits (final accuracy after
+    # fine_tune(5)): jaxcls SGD 0.05 -> 94.7%, 0.1 -> 96.9%; fastai Adam 2e-3 (its default)
+    # -> 94.7%, 5e-3 -> 96.4%, 1e-2 -> 96.7% but later to 93%.
+    ap.add_argument('--lr-jaxcls', type=float, default=0.1, help="jaxcls's base_lr (SGD)")
+    ap.add_argument('--lr-fastai', type=float, default=5e-3, help="fastai's base_lr (Adam)")
     # Both sides end near 95% after fine_tune(5) from random weights; 93% is on the way there.
     ap.add_argument('--target', type=float, default=0.93)
     ap.add_argument('--budget', type=float, default=60.0, help='seconds')
+    ap.add_argument('--sides', default='jaxcls,fastai', help='which to run (default both)')
     ap.add_argument('--torch-python', default=os.path.join('.venv-torch', 'bin', 'python'))
     args = ap.parse_args()
     if args.data is None:
@@ -126,11 +128,15 @@ def main() -> None:
     print(f'{args.arch} at {args.sz} px, batch {args.bs}, fine_tune({args.epochs}) from random '
           f'weights on {args.data}; {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}')
     results = {}
-    with tempfile.TemporaryDirectory() as cache:
-        env = {'JAXCLS_COMPILATION_CACHE': cache}
-        results['jaxcls (cold cache)'] = run(sys.executable, JAXCLS, {**common, 'lr': args.lr_jaxcls}, env)
-        results['jaxcls (warm cache)'] = run(sys.executable, JAXCLS, {**common, 'lr': args.lr_jaxcls}, env)
-    if os.path.exists(args.torch_python):
+    sides = args.sides.split(',')
+    if 'jaxcls' in sides:
+        with tempfile.TemporaryDirectory() as cache:
+            env = {'JAXCLS_COMPILATION_CACHE': cache}
+            for run_name in ('jaxcls (cold cache)', 'jaxcls (warm cache)'):
+                results[run_name] = run(sys.executable, JAXCLS, {**common, 'lr': args.lr_jaxcls}, env)
+    if 'fastai' not in sides:
+        pass
+    elif os.path.exists(args.torch_python):
         results['fastai 2'] = run(args.torch_python, FASTAI, {**common, 'lr': args.lr_fastai})
     else:
         results['fastai 2'] = {'error': f'no torch venv at {args.torch_python}; see the docstring '
