@@ -10,7 +10,8 @@ PyTorch runs in its own venv, never next to jaxcls:
 
 The torch side is a worker subprocess (`--torch-python`, default .venv-torch/bin/python)
 that keeps its model between requests, so both frameworks are timed in alternation on the
-same machine: for each size and repeat, jaxcls steps, then torch steps. Both train the same
+same machine: for each size and repeat, jaxcls steps, then torch steps (on the GPU when
+torch sees one, synchronised after each step). Both train the same
 architecture with SGD (lr 0.01, momentum 0.9) on the same batch size, float32, random
 normalised images; the median step time of each repeat is kept and the median of repeats
 printed, with images/s and the ratio jaxcls / torch (> 1 means jaxcls is faster).
@@ -31,25 +32,30 @@ WORKER = r'''
 import json, os, sys, time, statistics
 import torch, torchvision
 torch.set_num_threads(os.cpu_count())
+dev = 'cuda' if torch.cuda.is_available() else 'cpu'
+def sync():
+    if dev == 'cuda':
+        torch.cuda.synchronize()
 models = {}
 for line in sys.stdin:
     req = json.loads(line)
     key = (req['sz'], req['mode'])
     if key not in models and req['mode'] == 'forward':
-        body = torch.nn.Sequential(*list(torchvision.models.resnet34().children())[:-2]).eval()
-        x = torch.randn(req['bs'], 3, req['sz'], req['sz'])
+        body = torch.nn.Sequential(*list(torchvision.models.resnet34().children())[:-2]).eval().to(dev)
+        x = torch.randn(req['bs'], 3, req['sz'], req['sz'], device=dev)
         def step():
             with torch.no_grad():
                 f = body(x)
-                return torch.cat([f.amax((2, 3)), f.mean((2, 3))], 1)
+                f = torch.cat([f.amax((2, 3)), f.mean((2, 3))], 1)
+            sync()
         t = time.perf_counter()
         step()
         models[key] = (step, time.perf_counter() - t, None)
     if key not in models:
-        m = torchvision.models.resnet34(num_classes=2)
+        m = torchvision.models.resnet34(num_classes=2).to(dev)
         opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
-        x = torch.randn(req['bs'], 3, req['sz'], req['sz'])
-        y = torch.randint(0, 2, (req['bs'],))
+        x = torch.randn(req['bs'], 3, req['sz'], req['sz'], device=dev)
+        y = torch.randint(0, 2, (req['bs'],), device=dev)
         fwd = m
         err = None
         if req['mode'] == 'compile':
@@ -62,6 +68,7 @@ for line in sys.stdin:
             loss = torch.nn.functional.cross_entropy(fwd(x), y)
             loss.backward()
             opt.step()
+            sync()
         t = time.perf_counter()
         try:
             step()
@@ -75,7 +82,7 @@ for line in sys.stdin:
     for _ in range(req['steps']):
         t = time.perf_counter(); step(); times.append(time.perf_counter() - t)
     print(json.dumps({'median': statistics.median(times), 'first': first,
-                      'torch': torch.__version__}), flush=True)
+                      'torch': torch.__version__ + ' on ' + dev}), flush=True)
 '''
 
 
@@ -144,7 +151,8 @@ def jax_forward_runner(sz: int, bs: int):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--sizes', type=int, nargs='+', default=[64, 128, 224])
-    ap.add_argument('--bs', type=int, default=32)
+    ap.add_argument('--bs', type=int, default=None,
+                    help='batch size (default 32 on a CPU, 256 on a GPU)')
     ap.add_argument('--steps', type=int, default=3, help='timed steps per repeat (default 3)')
     ap.add_argument('--repeats', type=int, default=3)
     ap.add_argument('--torch-python', default=os.path.join('.venv-torch', 'bin', 'python'))
@@ -156,6 +164,8 @@ def main() -> None:
                     help="skip the frozen-body forward (precompute) table")
     args = ap.parse_args()
     import jax
+    if args.bs is None:
+        args.bs = 32 if jax.devices()[0].platform == 'cpu' else 256
     if args.compile_cache:
         from jaxcls import compile_cache
         compile_cache.enable(args.compile_cache)
