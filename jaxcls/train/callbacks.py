@@ -19,7 +19,12 @@ LOSS_EMA = 0.98
 
 
 class Callback:
-    """Base class: override the hooks you need. `logs` is a dict of plain numbers."""
+    """Base class: override the hooks you need. Returning True from a hook stops the fit.
+
+    `on_epoch_end` gets plain numbers (epoch, trn_loss, val_loss, metrics, time). In
+    `on_batch_end`, logs['loss'] is the step's loss as a device array, not yet synchronised:
+    calling float() on it waits for that step, so read it only when you need it.
+    """
 
     def on_train_begin(self, learner) -> Optional[bool]: ...
     def on_epoch_begin(self, learner, epoch: int) -> Optional[bool]: ...
