@@ -44,7 +44,7 @@ from .callbacks import Callback, Recorder, smooth
 from .memory import BatchSizeChoice, OutOfDeviceMemory
 from .resume import ModelCheckpoint, Progress, ResumeMismatch, SaveBest  # noqa: F401 (re-exported)
 from .metrics import accuracy, accuracy_thresh, bce_loss, nll_loss
-from .optim import (MOMENTUM, layer_group_sgd, set_group_hyperparams)
+from .optim import (MOMENTUM, layer_group_sgd, set_group_hyperparams, set_hyperparam_unless_nan)
 from .schedules import (DIV, DIV_FINAL, MOMS, PCT_START, lr_range, one_cycle, one_cycle_momentum,
                         sgdr, sgdr_epochs, table)
 from .state import TrainState, create_train_state
@@ -278,11 +278,21 @@ class ConvLearner:
         if kind == 'train':
             frozen = jax.tree_util.tree_map(lambda g: not self.trainable[g], self.labels)
             if self._precompute:
-                step = make_train_step(self.loss, None, frozen, {'method': ConvNet.head_only},
-                                       skip_nonfinite=True)
+                inner = make_train_step(self.loss, None, frozen, {'method': ConvNet.head_only},
+                                        skip_nonfinite=True)
             else:
-                step = make_train_step(self.loss, lambda k, x: T.augment(k, x, cfg), frozen,
-                                       {'bn_eval': self._bn_eval()}, skip_nonfinite=True)
+                inner = make_train_step(self.loss, lambda k, x: T.augment(k, x, cfg), frozen,
+                                        {'bn_eval': self._bn_eval()}, skip_nonfinite=True)
+            n = self.n_groups
+
+            def step(state, batch, lrs, mom):
+                # This step's rates (float32, one per layer group) and momentum (NaN: keep
+                # the current one) arrive as arguments and are written into the optimizer
+                # state inside the compiled step, so the host places nothing per step.
+                opt = set_group_hyperparams(state.opt_state, 'learning_rate',
+                                            [lrs[g] for g in range(n)])
+                opt = set_hyperparam_unless_nan(opt, 'momentum', mom)
+                return inner(state.replace(opt_state=opt), batch)
             return jax.jit(step, donate_argnums=0)
         final = jax.nn.sigmoid if self.is_multi else jax.nn.log_softmax
         if kind == 'predict':
@@ -482,14 +492,10 @@ class ConvLearner:
             state.opt_state, 'weight_decay', self._place(list(np.float32(wds)))))
         return self._place(state)
 
-    def _set_rates(self, opt_state: Any, lrs: np.ndarray, mom: Optional[float] = None) -> Any:
-        opt_state = set_group_hyperparams(opt_state, 'learning_rate',
-                                          self._place(list(np.float32(lrs))))
-        if mom is not None:
-            opt_state = set_group_hyperparams(opt_state, 'momentum',
-                                              self._place([np.float32(mom)] * self.n_groups))
-        return opt_state
-
+    @staticmethod
+    def _rates(lrs: np.ndarray, mom: Optional[float] = None) -> tuple[np.ndarray, np.float32]:
+        """The (learning rates, momentum) arguments of the compiled train step."""
+        return np.asarray(lrs, np.float32), np.float32(np.nan if mom is None else mom)
     def _run(self, epochs: int, lr_table: np.ndarray, mom_table: Optional[np.ndarray],
              wds: np.ndarray, callbacks: Optional[Sequence[Callback]], desc: dict,
              checkpoint: Any = None, resume: bool = False) -> list[dict]:
@@ -576,9 +582,8 @@ class ConvLearner:
                 prev, bad = None, None
                 for batch in loader.iter_epoch(self.epoch, start=start):
                     i = min(t_it, len(lr_table) - 1)
-                    opt = self._set_rates(state.opt_state, lr_table[i],
-                                          None if mom_table is None else mom_table[i])
-                    state, metrics = step_fn(state.replace(opt_state=opt), batch)
+                    state, metrics = step_fn(state, batch, *self._rates(
+                        lr_table[i], None if mom_table is None else mom_table[i]))
                     self.state = state
                     losses.append(metrics['loss'])
                     its.append(i)
@@ -753,7 +758,9 @@ class ConvLearner:
             batch = {'image': image,
                      'label': jax.ShapeDtypeStruct((bs,) + tuple(y.shape[1:]), y.dtype, sharding=shard),
                      'mask': jax.ShapeDtypeStruct((bs,), np.float32, sharding=shard)}
-            return mem.step_bytes(fn.lower(abstract, batch).compile())
+            rates = (jax.ShapeDtypeStruct((self.n_groups,), np.float32, sharding=rep),
+                     jax.ShapeDtypeStruct((), np.float32, sharding=rep))
+            return mem.step_bytes(fn.lower(abstract, batch, *rates).compile())
 
     def auto_bs(self, start: Optional[int] = None, budget: Optional[int] = None,
                 unfrozen: bool = True, apply: bool = True) -> BatchSizeChoice:
@@ -833,8 +840,7 @@ class ConvLearner:
         with self._memory_guard('in lr_find'):
             while it < nb:
                 for batch in self._train_loader(epoch).iter_epoch(epoch):
-                    opt = self._set_rates(state.opt_state, lr_table[it])
-                    state, metrics = step_fn(state.replace(opt_state=opt), batch)
+                    state, metrics = step_fn(state, batch, *self._rates(lr_table[it]))
                     sm, ema = smooth([float(metrics['loss'])], start=ema)
                     loss = float(sm[0])
                     rec.record([lr_table[it, -1]], [loss], [MOMENTUM])

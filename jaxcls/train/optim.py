@@ -119,6 +119,20 @@ def set_group_hyperparams(opt_state: Any, name: str, values: Sequence[float]) ->
     return opt_state._replace(inner_states=inner)
 
 
+def set_hyperparam_unless_nan(opt_state: Any, name: str, value: jax.Array) -> Any:
+    """Set hyperparameter `name` to `value` in every injected optimizer, except where `value`
+    is NaN: there the current value stays. Traceable, so a jitted step can take "no change"
+    as an ordinary float32 argument instead of a second signature."""
+    value = jnp.asarray(value, jnp.float32)
+
+    def put(s):
+        if _is_inject(s) and name in s.hyperparams:
+            new = jnp.where(jnp.isnan(value), s.hyperparams[name], value).astype(jnp.float32)
+            return s._replace(hyperparams={**s.hyperparams, name: new})
+        return s
+    return jax.tree_util.tree_map(put, opt_state, is_leaf=_is_inject)
+
+
 def get_group_hyperparams(opt_state: Any, name: str) -> dict[int, float]:
     """{group index: value} of hyperparameter `name` for the trainable groups."""
     if not isinstance(opt_state, optax.MultiTransformState):
