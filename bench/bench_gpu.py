@@ -12,7 +12,8 @@ own python, so the two frameworks never share a process):
      over an epoch after a warm-up epoch, timed by a callback.
   3. The frozen body's forward pass (what precompute runs), bfloat16, large batch.
   4. The lesson on generated 500x375 JPEGs: from_paths (decoding to the uint8 cache),
-     ConvLearner.pretrained(precompute=True, pretrained=False), fit(0.01, 3); twice: once
+     ConvLearner.pretrained(precompute=True, pretrained=False, dtype='bfloat16'),
+     fit(0.01, 3); twice: once
      as the process finds the compilation cache, once more with it warm.
   5. torchvision's ResNet (AMP bfloat16 autocast, channels_last, torch.compile unless it
      fails, SGD momentum 0.9): training and frozen-body forward images/s, timed in
@@ -621,7 +622,9 @@ def jax_lesson(S: Sizes, spec, path: str) -> dict:
     t0 = time.perf_counter()
     data = ImageClassifierData.from_paths(path, tfms=tfms_from_model(spec, S.sz), quiet=True)
     t1 = time.perf_counter()
-    learn = ConvLearner.pretrained(spec, data, precompute=True, pretrained=False, quiet=True)
+    # bfloat16 compute as in every other section: the body's forward runs once, in bf16.
+    learn = ConvLearner.pretrained(spec, data, precompute=True, pretrained=False, quiet=True,
+                                   dtype='bfloat16')
     t2 = time.perf_counter()
     hist = learn.fit(0.01, S.fit_epochs)
     t3 = time.perf_counter()
@@ -846,7 +849,8 @@ def main(argv=None) -> int:
 
     # ---- 4: the lesson on JPEGs, twice
     say(f'\n[4] the lesson on {S.n_jpegs} JPEGs: from_paths(tfms=tfms_from_model({spec.name}, '
-        f'{S.sz})) + ConvLearner.pretrained(precompute=True, pretrained=False) + '
+        f'{S.sz})) + ConvLearner.pretrained(precompute=True, pretrained=False, '
+        "dtype='bfloat16') + "
         f'fit(0.01, {S.fit_epochs})')
     passes = []
     for name in ('first pass', 'again, compile cache warm'):

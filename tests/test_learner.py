@@ -4,6 +4,7 @@ import os
 import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -288,6 +289,27 @@ def test_fit_one_cycle_fine_tune_and_half(data):
     learn.fit(1e-3, 1)
     assert learn.state.params['body']['conv1']['kernel'].dtype == np.float32
     assert np.isfinite(learn.history[-1]['val_loss'])
+
+
+def test_pretrained_in_bfloat16_precomputes_once_in_bfloat16(tmp_path):
+    root = make_folder(tmp_path / 'd', n_train=8, n_valid=4)
+    data = ImageClassifierData.from_paths(root, bs=4, tfms=tfms_from_model(TINY, SZ), quiet=True)
+    store = os.path.join(root, 'tmp', 'precompute')
+    bf = learner(data, precompute=True, dtype='bfloat16')
+    assert bf.dtype == jnp.bfloat16 and bf.model.body.dtype == jnp.bfloat16
+    assert len(os.listdir(store)) == 2   # train and valid in bfloat16, never float32 first
+    f32 = learner(data, precompute=True)
+    assert len(os.listdir(store)) == 4   # its own float32 features
+    a, b = f32._features['train'], bf._features['train']
+    assert not np.array_equal(a, b)   # computed in bfloat16 ...
+    np.testing.assert_allclose(b, a, rtol=0.05, atol=0.05 * np.abs(a).max())   # ... of the same body
+    assert bf.state.params['body']['conv1']['kernel'].dtype == np.float32
+    bf.fit(1e-2, 1)
+    assert np.isfinite(bf.history[-1]['val_loss'])
+    with pytest.raises(ValueError, match="dtype='float16'; use 'float32' or 'bfloat16'"):
+        learner(data, dtype='float16')
+    with pytest.raises(ValueError, match="dtype='half'; use"):
+        learner(data, dtype='half')
 
 
 def test_divergence_names_the_step_and_rate(data):

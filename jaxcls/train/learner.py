@@ -119,7 +119,7 @@ class ConvLearner:
                    bn_frozen: str = 'eval', weights: Any = None, seed: int = 0,
                    metrics: Optional[Sequence[Callable]] = None, quiet: bool = False,
                    precompute_aug: int = 0, bs: Any = None,
-                   mem_budget: Optional[int] = None) -> 'ConvLearner':
+                   mem_budget: Optional[int] = None, dtype: Any = None) -> 'ConvLearner':
         """A learner with an ImageNet-pretrained body (`pretrained=False`: random) and a new head.
 
         Args:
@@ -145,8 +145,20 @@ class ConvLearner:
             compiled step before any batch is allocated (see `auto_bs`).
           mem_budget: bytes per device for bs='auto' (default: 90% of an accelerator's
             memory; on CPU half the RAM, shared among the CPU devices).
+          dtype: computation dtype, 'float32' (default) or 'bfloat16' (as `half()`;
+            parameters and BatchNorm statistics stay float32). Set here, precompute runs
+            its forward passes in that dtype from the start.
         """
         compile_cache.enable()  # the second run of a script loads its compiled steps
+        if dtype is not None:
+            try:
+                dt = jnp.dtype(dtype)
+            except TypeError:
+                dt = None
+            if dt not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
+                raise ValueError(f"dtype={dtype!r}; use 'float32' or 'bfloat16' (parameters and "
+                                 'BatchNorm statistics stay float32 either way)')
+            dtype = dt
         spec = get_arch(arch)
         n_stages = len(spec.stage_sizes) - int(xtra_cut)
         if not 1 <= n_stages <= len(spec.stage_sizes):
@@ -172,10 +184,14 @@ class ConvLearner:
                          'batch_stats': {**variables['batch_stats'], 'body': merge_variables(
                              variables['batch_stats']['body'], loaded['batch_stats'])}}
         desc.update(xtra_cut=int(xtra_cut))
-        learn = cls(data, spec, net, variables, precompute=precompute, bn_frozen=bn_frozen,
-                    seed=seed, metrics=metrics, quiet=quiet, precompute_aug=precompute_aug,
-                    head_desc=desc)
+        later = dtype is not None and dtype != jnp.dtype(jnp.float32)
+        learn = cls(data, spec, net, variables, precompute=precompute and not later,
+                    bn_frozen=bn_frozen, seed=seed, metrics=metrics, quiet=quiet,
+                    precompute_aug=precompute_aug, head_desc=desc)
         learn.pretrained_body = bool(pretrained or weights is not None)
+        if later:  # features computed once, in the dtype asked for
+            learn._set_dtype(dtype)
+            learn.precompute = precompute
         if isinstance(bs, str):
             if bs != 'auto':
                 raise ValueError(f"bs={bs!r}; use an int, None (data.bs) or 'auto'")
