@@ -119,7 +119,9 @@ def make_train_step(loss: str = 'softmax', preprocess: Optional[Preprocess] = No
             leaves = jax.tree_util.tree_leaves((new_state.params, new_state.batch_stats))
             ok = jnp.isfinite(value) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in leaves]))
             kept = state.replace(step=state.step + 1)
-            new_state = jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new_state, kept)
+            # One conditional over the whole state, not a select per leaf: the same result,
+            # and it compiles ~2 s faster for a ResNet18 on a CPU (6.6 -> 4.3 s measured).
+            new_state = jax.lax.cond(ok, lambda: new_state, lambda: kept)
         if skip_nonfinite:
             value = jnp.where(ok, value, jnp.nan)
         metrics = {'loss': value, 'accuracy': _masked_mean(correct_fn(logits, batch['label']), mask),
