@@ -89,10 +89,14 @@ def measure(task: str, sz: int = 64, side: int = 24, n_train: int = 1200, n_vali
     plain = _normalise(jnp.clip(jax.image.resize(low, up.shape, method='linear'), 0, None))
     inside = mass_inside(np.asarray(up)[ok], cv[ok], side)
     inside_plain = mass_inside(np.asarray(plain)[ok], cv[ok], side)
+    first = int(np.flatnonzero(ok)[0]) if ok.any() else 0
+    grey = val_transform(jnp.full((1, sz, sz, 3), 128, jnp.uint8), data.tfms[1])
+    const, _ = class_activation_map(learn.model, learn.state.variables, grey, 0, upsample=False)
     return dict(task=task, accuracy=float(ok.mean()), chance=side * side / sz / sz,
                 median=float(np.median(inside)), at_least_60=float((inside >= 0.6).mean()),
                 median_plain_resize=float(np.median(inside_plain)), map=tuple(low.shape[1:]),
-                fit_s=fit_s)
+                fit_s=fit_s, example=(np.asarray(low[first]), tuple(cv[first]), int(yv[first])),
+                constant_map=np.asarray(const[0]))
 
 
 def main() -> None:
@@ -102,16 +106,31 @@ def main() -> None:
     ap.add_argument('--epochs', type=int, default=3)
     ap.add_argument('--noise', type=float, default=0.5)
     ap.add_argument('--tasks', default='colour,quadrant')
+    ap.add_argument('--show', action='store_true',
+                    help='also print, per task, the low-resolution map of one validation image '
+                         'with its square, and the map of a constant grey image')
     a = ap.parse_args()
     import tempfile
     print(f'{"task":9} {"acc":>6} {"map":>6} {"chance":>7} {"median inside":>14} '
           f'{">=60%":>6} {"plain resize":>13} {"fit s":>6}')
+    shown = []
     for task in a.tasks.split(','):
         with tempfile.TemporaryDirectory() as d:
             r = measure(task, a.sz, a.side, epochs=a.epochs, noise=a.noise, path=d)
+        shown.append(r)
         print(f'{task:9} {r["accuracy"]:6.3f} {"x".join(map(str, r["map"])):>6} {r["chance"]:7.3f} '
               f'{r["median"]:14.3f} {r["at_least_60"]:6.2f} {r["median_plain_resize"]:13.3f} '
               f'{r["fit_s"]:6.1f}')
+    if a.show:
+        np.set_printoptions(precision=1, suppress=True, linewidth=120)
+        for r in shown:
+            low, (row, col), cls = r['example']
+            cell = a.sz // low.shape[0]
+            print(f'\n{r["task"]}: class {cls}, square at rows {row}-{row + a.side - 1}, columns '
+                  f'{col}-{col + a.side - 1} (cells of {cell} px, cell i centred on pixel {cell}*i)')
+            print(low)
+            print(f'{r["task"]}: constant grey image, class 0')
+            print(r['constant_map'])
 
 
 if __name__ == '__main__':
