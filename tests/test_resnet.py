@@ -128,3 +128,42 @@ def test_small_maps_use_patches_and_match_the_xla_path(monkeypatch):
     hlo_plain = jax.jit(module.apply).lower(v, x).compile().as_text()
     np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-5)
     assert hlo.count(' convolution(') < hlo_plain.count(' convolution(')
+
+
+@pytest.mark.parametrize('shape,k,stride,pad,group', [((5, 20, 20, 3), 7, 2, 3, 2), ((4, 12, 12, 8), 3, 1, 1, 2),
+                                                      ((3, 12, 12, 8), 3, 2, 1, 1), ((4, 12, 12, 8), 1, 2, 0, 3)])
+def test_split_kernel_gradient_equals_xla_outputs_and_gradients(shape, k, stride, pad, group):
+    from jaxcls.models.resnet import _conv, conv_split_wgrad
+    x = jax.random.normal(jax.random.PRNGKey(0), shape)
+    w = jax.random.normal(jax.random.PRNGKey(1), (k, k, shape[-1], 16)) * 0.1
+    y0, y1 = _conv(x, w, stride, pad), conv_split_wgrad(x, w, stride, pad, group)
+    np.testing.assert_array_equal(y1, y0)   # the forward pass is XLA's own
+    g0 = jax.grad(lambda x, w: jnp.sum(jnp.sin(_conv(x, w, stride, pad))), argnums=(0, 1))(x, w)
+    g1 = jax.grad(lambda x, w: jnp.sum(jnp.sin(conv_split_wgrad(x, w, stride, pad, group))),
+                  argnums=(0, 1))(x, w)
+    for a, b in zip(g1, g0):   # groups of images add up to the whole batch's gradient
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
+
+
+def test_large_maps_split_the_kernel_gradient_and_match_the_xla_path(monkeypatch):
+    import jaxcls.models.resnet as R
+    module = ResNet((1, 1), 'basic', 3)
+    v = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)))
+    x = jax.random.normal(jax.random.PRNGKey(1), (4, 224, 224, 3))   # stem 112x112, layer1 56x56
+
+    def loss(params):
+        out, _ = module.apply({'params': params, 'batch_stats': v['batch_stats']}, x, train=True,
+                              mutable=['batch_stats'])
+        return jnp.sum(jnp.sin(out))
+    grad = jax.jit(jax.grad(loss))
+    split = grad(v['params'])
+    hlo = grad.lower(v['params']).compile().as_text()
+    monkeypatch.setattr(R, 'WGRAD_SPLIT_MIN_PIXELS', 10 ** 9)
+    grad = jax.jit(jax.grad(loss))
+    plain = grad(v['params'])
+    hlo_plain = grad.lower(v['params']).compile().as_text()
+    for a, b in zip(jax.tree_util.tree_leaves(split), jax.tree_util.tree_leaves(plain)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
+    # The stem and layer1's two convolutions: one kernel-gradient convolution per pair of
+    # images instead of one per layer.
+    assert hlo.count(' convolution(') == hlo_plain.count(' convolution(') + 3 * (4 // 2 - 1)
