@@ -98,7 +98,7 @@ def conv_patches(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.
 # 7x7/2 stem at 224 px: 295 ms vs 89 ms; 3x3 64->64 on 56x56: 192 ms vs 81 ms; from
 # 28x28 down the gain is under 1.4x and from 16x16 none). Each group is one more
 # convolution to compile (~0.04 s), so the split is made only for maps of at least this
-# many output pixels, in groups of WGRAD_GROUP images, and only on the CPU.
+# many output pixels, in groups of WGRAD_GROUP images, and only on a single CPU device.
 WGRAD_SPLIT_MIN_PIXELS = 56 * 56
 WGRAD_GROUP = 2
 
@@ -163,8 +163,10 @@ class Conv(nn.Module):
         wo = (x.shape[2] + 2 * self.padding - k) // self.stride + 1
         if ho * wo <= SMALL_MAP_PIXELS:
             return conv_patches(x, kernel, self.stride, self.padding)
+        # One CPU device only: with the batch sharded over several, the slices cut across
+        # shards and the partitioner adds an all-reduce per group (3x slower, measured).
         if (ho * wo >= WGRAD_SPLIT_MIN_PIXELS and x.shape[0] > WGRAD_GROUP
-                and jax.default_backend() == 'cpu'):
+                and jax.default_backend() == 'cpu' and jax.device_count() == 1):
             return conv_split_wgrad(x, kernel, self.stride, self.padding, WGRAD_GROUP)
         return _conv(x, kernel, self.stride, self.padding)
 
