@@ -36,6 +36,17 @@ def make_folder(root, n_train=24, n_valid=12, size=40, seed=0, classes=('cats', 
     return str(root)
 
 
+def colour_square_arrays(n, seed=0):
+    """(x, y): n 36 px uint8 images of dark noise with a fixed red (class 0) or blue (class 1)
+    square, for from_arrays."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    x = rng.integers(0, 80, (n, 36, 36, 3)).astype(np.uint8)
+    x[y == 1, 8:24, 8:24, 2] = 230
+    x[y == 0, 8:24, 8:24, 0] = 230
+    return x, y
+
+
 @pytest.fixture(scope='module')
 def path(tmp_path_factory):
     return make_folder(tmp_path_factory.mktemp('dogscats'))

@@ -21,7 +21,7 @@ import pytest
 from jaxcls import ImageClassifierData, tfms_from_model
 from jaxcls.train.resume import ModelCheckpoint, ResumeMismatch, SaveBest
 
-from test_learner import TINY, learner, trees_equal
+from test_learner import TINY, colour_square_arrays, learner, trees_equal
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
@@ -32,16 +32,12 @@ SCRIPT = textwrap.dedent('''
     import json, os, signal, sys
     import numpy as np, jax
     sys.path.insert(0, {tests!r})
-    from test_learner import TINY
+    from test_learner import TINY, colour_square_arrays
     from jaxcls import ConvLearner, ImageClassifierData, tfms_from_model, transforms_side_on
     from jaxcls.train.callbacks import Callback
     from jaxcls.train.resume import ModelCheckpoint
     args = json.loads(sys.argv[1])
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 2, 60)
-    x = rng.integers(0, 80, (60, 36, 36, 3)).astype(np.uint8)
-    x[y == 1, 8:24, 8:24, 2] = 230
-    x[y == 0, 8:24, 8:24, 0] = 230
+    x, y = colour_square_arrays(60)
     tfms = tfms_from_model(TINY, 32, aug_tfms=transforms_side_on, max_zoom=1.1)
     data = ImageClassifierData.from_arrays(args['data'], (x[:40], y[:40]), (x[40:], y[40:]),
                                            bs=10, tfms=tfms, cache_size=36)
@@ -187,11 +183,7 @@ def test_killed_runs_resume_to_the_uninterrupted_params_bitwise(tmp_path):
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
-    rng = np.random.default_rng(1)
-    y = rng.integers(0, 2, 50)
-    x = rng.integers(0, 80, (50, 36, 36, 3)).astype(np.uint8)
-    x[y == 1, 8:24, 8:24, 2] = 230
-    x[y == 0, 8:24, 8:24, 0] = 230
+    x, y = colour_square_arrays(50, seed=1)
     return ImageClassifierData.from_arrays(str(tmp_path_factory.mktemp('resume_data')),
                                            (x[:30], y[:30]), (x[30:], y[30:]), bs=10,
                                            tfms=tfms_from_model(TINY, 32), cache_size=36)

@@ -13,13 +13,9 @@ SCRIPT = textwrap.dedent('''
     import sys, json
     import numpy as np, jax
     sys.path.insert(0, {tests!r})
-    from test_learner import TINY
+    from test_learner import TINY, colour_square_arrays
     from jaxcls import ConvLearner, ImageClassifierData, tfms_from_model, transforms_side_on
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 2, 40)
-    x = rng.integers(0, 80, (40, 36, 36, 3)).astype(np.uint8)
-    x[y == 1, 8:24, 8:24, 2] = 230
-    x[y == 0, 8:24, 8:24, 0] = 230
+    x, y = colour_square_arrays(40)
     tfms = tfms_from_model(TINY, 32, aug_tfms=transforms_side_on, max_zoom=1.1)
     data = ImageClassifierData.from_arrays({tmp!r}, (x[:32], y[:32]), (x[32:], y[32:]), bs=16,
                                            tfms=tfms, cache_size=36)
