@@ -7,7 +7,7 @@ Layer groups get one SGD each through `optax.multi_transform`; frozen groups get
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -82,9 +82,14 @@ def _as_f32(value) -> jax.Array:
 
 def set_hyperparam(opt_state: Any, name: str, value: float) -> Any:
     """Return opt_state with hyperparameter `name` set to `value` in every injected optimizer."""
+    return _map_hyperparam(opt_state, name, lambda old: _as_f32(value))
+
+
+def _map_hyperparam(opt_state: Any, name: str, new: Callable[[jax.Array], jax.Array]) -> Any:
+    """opt_state with hyperparameter `name` replaced by new(old) in every injected optimizer."""
     def put(s):
         if _is_inject(s) and name in s.hyperparams:
-            return s._replace(hyperparams={**s.hyperparams, name: _as_f32(value)})
+            return s._replace(hyperparams={**s.hyperparams, name: new(s.hyperparams[name])})
         return s
     return jax.tree_util.tree_map(put, opt_state, is_leaf=_is_inject)
 
@@ -124,13 +129,8 @@ def set_hyperparam_unless_nan(opt_state: Any, name: str, value: jax.Array) -> An
     is NaN: there the current value stays. Traceable, so a jitted step can take "no change"
     as an ordinary float32 argument instead of a second signature."""
     value = jnp.asarray(value, jnp.float32)
-
-    def put(s):
-        if _is_inject(s) and name in s.hyperparams:
-            new = jnp.where(jnp.isnan(value), s.hyperparams[name], value).astype(jnp.float32)
-            return s._replace(hyperparams={**s.hyperparams, name: new})
-        return s
-    return jax.tree_util.tree_map(put, opt_state, is_leaf=_is_inject)
+    return _map_hyperparam(opt_state, name,
+                           lambda old: jnp.where(jnp.isnan(value), old, value).astype(jnp.float32))
 
 
 def get_group_hyperparams(opt_state: Any, name: str) -> dict[int, float]:
