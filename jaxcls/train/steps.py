@@ -71,6 +71,35 @@ def step_keys(rng: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jax.random.fold_in(k, _DROPOUT), jax.random.fold_in(k, _AUGMENT)
 
 
+def _keep_if_finite(value: jax.Array, state: TrainState, new_state: TrainState
+                    ) -> tuple[TrainState, jax.Array]:
+    """`new_state` when the loss and every changed parameter and statistic are finite, else
+    `state` with only its step counter advanced; also returns that finiteness flag.
+
+    Only the leaves the step changed are checked and pass through the conditional: a leaf
+    the step returned as it came in (a frozen parameter, the statistics of layers that did
+    not run) is the same either way. A finite loss can still produce an overflowing update,
+    so the new parameters and statistics are checked, not only the loss.
+    """
+    kept = state.replace(step=state.step + 1)
+    new_leaves, treedef = jax.tree_util.tree_flatten(new_state)
+    old_leaves = jax.tree_util.tree_leaves(kept)
+    changed = [i for i, (n, o) in enumerate(zip(new_leaves, old_leaves)) if n is not o]
+    inputs = {id(a) for a in jax.tree_util.tree_leaves((state.params, state.batch_stats))}
+    checked = [a for a in jax.tree_util.tree_leaves((new_state.params, new_state.batch_stats))
+               if id(a) not in inputs]
+    ok = jnp.isfinite(value)
+    if checked:
+        ok = ok & jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in checked]))
+    # One conditional over the changed leaves, not a select per leaf: the same result, and
+    # it compiles ~2 s faster for a ResNet18 on a CPU (6.6 -> 4.3 s measured).
+    picked = jax.lax.cond(ok, lambda: [new_leaves[i] for i in changed],
+                          lambda: [old_leaves[i] for i in changed])
+    for i, a in zip(changed, picked):
+        new_leaves[i] = a
+    return jax.tree_util.tree_unflatten(treedef, new_leaves), ok
+
+
 def make_train_step(loss: str = 'softmax', preprocess: Optional[Preprocess] = None,
                     frozen: Any = None, model_kwargs: Optional[dict] = None,
                     skip_nonfinite: bool = False
@@ -113,15 +142,14 @@ def make_train_step(loss: str = 'softmax', preprocess: Optional[Preprocess] = No
 
         (value, (logits, updates)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
         new_state = state.apply_gradients(grads, updates.get('batch_stats', state.batch_stats))
+        if frozen is not None:
+            # Frozen parameters come back as the very arrays that went in (their update is
+            # zero): nothing of them is computed, checked or copied below. On a CPU this
+            # halves a head-only step after precompute (4.3 -> 2.3 ms, measured).
+            new_state = new_state.replace(params=jax.tree_util.tree_map(
+                lambda n, o, f: o if f else n, new_state.params, state.params, frozen))
         if skip_nonfinite:
-            # A finite loss can still produce an overflowing update, so the new parameters
-            # and statistics are checked too (one pass over them, like the update itself).
-            leaves = jax.tree_util.tree_leaves((new_state.params, new_state.batch_stats))
-            ok = jnp.isfinite(value) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in leaves]))
-            kept = state.replace(step=state.step + 1)
-            # One conditional over the whole state, not a select per leaf: the same result,
-            # and it compiles ~2 s faster for a ResNet18 on a CPU (6.6 -> 4.3 s measured).
-            new_state = jax.lax.cond(ok, lambda: new_state, lambda: kept)
+            new_state, ok = _keep_if_finite(value, state, new_state)
         if skip_nonfinite:
             value = jnp.where(ok, value, jnp.nan)
         metrics = {'loss': value, 'accuracy': _masked_mean(correct_fn(logits, batch['label']), mask),
