@@ -2,6 +2,8 @@
 import io
 import json
 import os
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -257,7 +259,9 @@ def test_fingerprint_stable_and_location_free(tmp_path):
 
 
 @pytest.mark.filterwarnings('ignore::jaxcls.data.decode.SkippedImagesWarning')
-def test_memory_mapped_large_cache_with_skips(tmp_path):
+def test_memory_mapped_large_cache_with_skips(tmp_path, monkeypatch):
+    # More than fits in RAM: decoded straight into a memory-mapped file.
+    monkeypatch.setattr(dec, 'ram_budget', lambda: 0)
     names = make_set(tmp_path, 5)
     open(tmp_path / 'imgs' / 'bad.png', 'wb').close()
     names.insert(2, 'imgs/bad.png')
@@ -273,6 +277,39 @@ def test_memory_mapped_large_cache_with_skips(tmp_path):
     assert again.from_cache and isinstance(again.x, np.memmap) and again.skipped == d.skipped
     small = decode_files(names, str(tmp_path), 12, cache_dir=str(tmp_path / 'c'), quiet=True)
     assert small.from_cache and not isinstance(small.x, np.memmap)  # under the threshold: in RAM
+
+
+@pytest.mark.filterwarnings('ignore::jaxcls.data.decode.SkippedImagesWarning')
+def test_large_cache_that_fits_in_ram_is_written_in_the_background(tmp_path):
+    names = make_set(tmp_path, 5)
+    open(tmp_path / 'imgs' / 'bad.png', 'wb').close()
+    names.insert(2, 'imgs/bad.png')
+    ref = decode_files(names, str(tmp_path), 12, quiet=True)
+    d = decode_files(names, str(tmp_path), 12, cache_dir=str(tmp_path / 'c'), mmap_bytes=0,
+                     quiet=True)
+    # Decoded into RAM (not a memory map of a file still being written), the same pixels.
+    assert not isinstance(d.x, np.memmap) and not d.from_cache
+    np.testing.assert_array_equal(d.x, ref.x)
+    assert dec.wait_for_cache_writes(timeout=60)
+    assert os.path.exists(d.cache_file) and d.cache_file.endswith('.npy')
+    assert [f for f in os.listdir(tmp_path / 'c') if 'tmp' in f] == []
+    again = decode_files(names, str(tmp_path), 12, cache_dir=str(tmp_path / 'c'), mmap_bytes=0,
+                         quiet=True)
+    assert again.from_cache and isinstance(again.x, np.memmap) and again.skipped == d.skipped
+    np.testing.assert_array_equal(np.asarray(again.x), ref.x)
+    assert again.fingerprint == d.fingerprint
+
+
+def test_background_cache_write_finishes_before_python_exits(tmp_path):
+    # A script that ends right after decoding still leaves a complete, reusable cache.
+    names = make_set(tmp_path, 4)
+    script = (f'from jaxcls.data.decode import decode_files\n'
+              f'decode_files({names!r}, {str(tmp_path)!r}, 12, cache_dir={str(tmp_path / "c")!r}, '
+              f'mmap_bytes=0, quiet=True)\n')
+    subprocess.run([sys.executable, '-c', script], check=True, timeout=300,
+                   env=dict(os.environ, JAX_PLATFORMS='cpu'))
+    again = decode_files(names, str(tmp_path), 12, cache_dir=str(tmp_path / 'c'), mmap_bytes=0)
+    assert again.from_cache and again.x.shape == (4, 12, 12, 3)
 
 
 def test_unwritable_cache_dir_falls_back_to_memory(tmp_path):
