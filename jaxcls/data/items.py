@@ -132,10 +132,13 @@ def list_images(folder: str, root: str | None = None) -> tuple[list[str], list[t
             continue
         seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
+        # One relpath per folder, not per file (25 us each: 0.5 s for 20,000 files).
+        reldir = _rel(dirpath, root)
+        prefix = '' if reldir == '.' else reldir + '/'
         for f in filenames:
             if _hidden(f):
                 continue
-            rel = _rel(os.path.join(dirpath, f), root)
+            rel = prefix + f
             if is_image_file(f):
                 images.append(rel)
             else:
