@@ -359,3 +359,51 @@ def test_multilabel_uses_sigmoid(tmp_path):
     probs = learn.predict()
     assert probs.shape == (len(data.val_ds), 3) and probs.min() >= 0 and probs.max() <= 1
     assert learn.history[-1]['accuracy_thresh'] > 0.7
+
+
+def test_head_only_step_after_precompute_leaves_the_body_out_and_matches_the_full_step(data):
+    # The compiled step after precompute takes the state without the frozen body; one
+    # step must still equal the plain full-state train step, to float rounding.
+    from jaxcls.models.head import ConvNet
+    from jaxcls.train.optim import set_group_hyperparams
+    from jaxcls.train.steps import make_train_step
+    learn = learner(data, precompute=True)
+    learn.fit(0.01, 1)  # features computed, optimizer state with momentum
+    state = learn._place(jax.tree_util.tree_map(jnp.copy, learn.state))
+    live = learn._live(state)
+    assert 'body' not in live.params and 'body' not in live.batch_stats
+    n_all, n_live = (len(jax.tree_util.tree_leaves(t)) for t in (state, live))
+    assert n_live < n_all / 2, (n_live, n_all)
+    batch = next(iter(learn._train_loader(learn.epoch)))
+    lrs, mom = learn._rates(np.full(learn.n_groups, 0.01, np.float32), 0.9)
+    new_live, m = learn._fn('train')(jax.tree_util.tree_map(jnp.copy, live), batch, lrs, mom)
+    frozen = jax.tree_util.tree_map(lambda g: not learn.trainable[g], learn.labels)
+    ref_step = jax.jit(make_train_step(learn.loss, None, frozen, {'method': ConvNet.head_only}))
+    ref_state = state.replace(opt_state=set_group_hyperparams(
+        state.opt_state, 'learning_rate', [jnp.float32(0.01)] * learn.n_groups))
+    ref, ref_m = ref_step(ref_state, batch)
+    np.testing.assert_allclose(float(m['loss']), float(ref_m['loss']), rtol=1e-6)
+    merged = learn._merged(new_live, state)
+    for a, b in zip(jax.tree_util.tree_leaves((merged.params, merged.batch_stats, merged.opt_state)),
+                    jax.tree_util.tree_leaves((ref.params, ref.batch_stats, ref.opt_state))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+    assert merged.params['body'] is state.params['body']  # untouched, not even copied
+    assert int(merged.step) == int(ref.step)
+
+
+def test_body_digest_is_remembered_until_the_body_changes(data, monkeypatch):
+    from jaxcls.train import precompute as pre
+    learn = learner(data, precompute=True)
+    calls = []
+    real = pre.tree_digest
+    monkeypatch.setattr(pre, 'tree_digest', lambda t: calls.append(1) or real(t))
+    d1 = learn._body_digest()  # computed (and remembered) when the features were made
+    assert calls == [] and d1 == real({'params': learn.state.params['body'],
+                                       'batch_stats': learn.state.batch_stats['body']})
+    learn.fit(0.01, 1)  # validates after the epoch: asks for the digest again
+    assert learn._body_digest() == d1 and calls == []
+    body = learn.state.params['body']
+    first = next(iter(body))
+    changed = {**body, first: jax.tree_util.tree_map(lambda a: a + 1, body[first])}
+    learn.state = learn.state.replace(params={**learn.state.params, 'body': changed})
+    assert learn._body_digest() != d1 and len(calls) == 1

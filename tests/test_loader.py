@@ -174,3 +174,23 @@ def test_sharded_batches_on_8_cpu_devices():
     r = subprocess.run([sys.executable, '-c', SHARDED.replace('{order}', str(order))], env=env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and 'SHARDED-OK' in r.stdout, r.stderr[-3000:]
+
+
+@pytest.mark.parametrize('bs, drop_last, labels', [(4, False, 'int'), (3, True, 'int'),
+                                                   (4, False, 'multi'), (8, False, None)])
+def test_device_resident_x_gives_the_batches_the_host_path_gives(bs, drop_last, labels):
+    x = images(10)
+    y = {'int': np.arange(10) % 3, 'multi': (np.arange(20).reshape(10, 2) % 3 == 0), None: None}[labels]
+    host = DataLoader(x, y, bs=bs, shuffle=True, key=5, drop_last=drop_last, prefetch=0)
+    dev = DataLoader(jax.device_put(x), y, bs=bs, shuffle=True, key=5, drop_last=drop_last)
+    assert dev._on_device and not host._on_device and len(dev) == len(host)
+    for e in (0, 1):
+        hb, db = list(host.iter_epoch(e)), list(dev.iter_epoch(e, start=0))
+        assert len(hb) == len(db)
+        for h, d in zip(hb, db):
+            for k in ('image', 'label', 'mask'):
+                assert d[k].dtype == h[k].dtype and d[k].shape == h[k].shape, k
+                np.testing.assert_array_equal(np.asarray(d[k]), np.asarray(h[k]), err_msg=k)
+    # resuming mid-epoch, and the same epoch again, as the host path does
+    assert [rows(b) for b in dev.iter_epoch(1, start=1)] == [rows(b) for b in host.iter_epoch(1, start=1)]
+    assert dev.produced == sum(len(dev) for _ in (0, 1)) + len(dev) - 1

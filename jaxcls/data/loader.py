@@ -49,6 +49,7 @@ import threading
 from typing import Any, Iterator, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -197,6 +198,13 @@ def _process_rows(sharding: NamedSharding, bs: int) -> list[tuple[int, int]]:
     return out
 
 
+@jax.jit
+def _gather_rows(x: jax.Array, y: jax.Array, idx: jax.Array, real: jax.Array) -> dict:
+    """One batch from device-resident rows: images, labels and the mask of real rows."""
+    return {'image': x[idx], 'label': y[idx],
+            'mask': (jnp.arange(idx.shape[0]) < real).astype(jnp.float32)}
+
+
 class _End:
     pass
 
@@ -211,7 +219,8 @@ class DataLoader:
 
     Args:
       x: uint8 (N, S, S, 3) images (an array or a read-only memory map); with
-        several processes, this process's share.
+        several processes, this process's share. A jax.Array (e.g. stored features on
+        the device) is batched where it lives, without the prefetch thread.
       y: int class indices (N,), float targets (N, c), or None (unlabelled).
       bs: batch size (global, over all devices of all processes).
       shuffle: a new order every epoch (training); False keeps 0..N-1.
@@ -282,6 +291,10 @@ class DataLoader:
             self.counts = [self.n]
         self.n_total = sum(self.counts)
         self._global = None  # every process's ids and targets, gathered on first use
+        # x already on a device (a jax.Array, e.g. stored features): batches are gathered
+        # there (one process only; with several, each process's rows come from the host).
+        self._on_device = isinstance(x, jax.Array) and self.process_count == 1 and self.n > 0
+        self._y_dev = None
         self.epoch = 0
         self.produced = 0  # batches put on device so far (for tests and diagnostics)
 
@@ -323,6 +336,25 @@ class DataLoader:
         full = np.resize(idx, lbs) if len(idx) < lbs else idx
         return {'image': np.asarray(self.x[full]), 'label': self.y[full], 'mask': mask}
 
+    def _device_batches(self, batches: list[np.ndarray]) -> Iterator[dict[str, jax.Array]]:
+        """Batches gathered on the device from an `x` that lives there: one small jitted call
+        per batch (its row indices are the only transfer), no thread. For stored features
+        after precompute, where a background thread's handoffs cost more than the step
+        (measured on a GPU: ~1.8 ms per head-only step with the thread)."""
+        if self._y_dev is None:
+            self._y_dev = jax.device_put(self.y, next(iter(self.x.devices())))
+        lbs = self.local_bs
+        for idx in batches:
+            real = len(idx)
+            if real == 0:
+                idx = np.arange(min(self.n, lbs))
+            full = (np.resize(idx, lbs) if len(idx) < lbs else idx).astype(np.int32)
+            out = _gather_rows(self.x, self._y_dev, full, np.int32(real))
+            if len(self.mesh.devices.flat) > 1:
+                out = jax.device_put(out, self.sharding)
+            self.produced += 1
+            yield out
+
     def _put(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         if self.process_count == 1:
             out = jax.device_put(batch, self.sharding)
@@ -340,6 +372,9 @@ class DataLoader:
     def iter_epoch(self, epoch: int, start: int = 0) -> Iterator[dict[str, jax.Array]]:
         """Batches of `epoch`, from batch number `start` on."""
         batches = self.batch_indices(epoch)[start:]
+        if self._on_device:
+            yield from self._device_batches(batches)
+            return
         if self.prefetch <= 0:
             for idx in batches:
                 yield self._put(self.host_batch(idx))
