@@ -263,28 +263,21 @@ def setup(req):
                 with torch.no_grad(), autocast():
                     return fwd(x)
             return step
-    compile_error = None
+    # Eager and torch.compile are measured as two separate setups (eager first, so a
+    # compile that fails or hangs still leaves the eager numbers); a setup replaces the
+    # previous runner of its kind, whose memory is given back first.
+    runners.pop(req['kind'], None)
+    if dev == 'cuda':
+        torch.cuda.empty_cache()
     t = time.perf_counter()
-    step = None
-    if req['compile']:
-        try:
-            step = build(torch.compile(target))
-            step(); sync()
-        except Exception as e:
-            lines = str(e).strip().splitlines()
-            compile_error = (type(e).__name__ + ': ' + (lines[0] if lines else ''))[:240]
-            torch._dynamo.reset()
-            step = None
-    if step is None:
-        step = build(target)
-        step(); sync()
+    step = build(torch.compile(target) if req['compile'] else target)
+    step(); sync()
     first = time.perf_counter() - t
     for _ in range(req['warmup']):
         step()
     sync()
     runners[req['kind']] = step
-    return {'first': first, 'compiled': bool(req['compile'] and compile_error is None),
-            'compile_error': compile_error}
+    return {'first': first}
 
 for line in sys.stdin:
     req = json.loads(line)
@@ -300,41 +293,52 @@ for line in sys.stdin:
             sync()
             out({'seconds': time.perf_counter() - t})
     except Exception as e:
-        out({'error': repr(e)[:300]})
+        lines = str(e).strip().splitlines()
+        out({'error': (type(e).__name__ + ': ' + (lines[0] if lines else ''))[:300]})
 '''
 
 
 class TorchPeer:
     """The torch worker: JSON lines in and out, every answer awaited with a timeout, so a
-    hung compile or a crash turns into 'not available' instead of a hung benchmark."""
+    hung compile or a crash turns into 'not available' instead of a hung benchmark. A worker
+    stopped that way is started again for the next measurement (`revive`)."""
 
     def __init__(self, python: str, device: str, log_path: str):
         self.error: Optional[str] = None
+        self.fatal = False  # no torch at all: never retried
         self.info: dict = {}
-        self.log_path = log_path
+        self.python, self.device, self.log_path = python, device, log_path
         self.proc = None
+        self.log = None
+        self._spawn()
+
+    def _spawn(self) -> None:
+        self.error = None
         self.lines: queue.Queue = queue.Queue()
-        exe = shutil.which(python) or (python if os.path.exists(python) else None)
+        exe = shutil.which(self.python) or (self.python if os.path.exists(self.python) else None)
         if exe is None:
-            self.error = (f'--torch-python {python!r} not found; pass the python that has torch '
-                          f'and torchvision (e.g. --torch-python /path/to/venv/bin/python)')
+            self.error = (f'--torch-python {self.python!r} not found; pass the python that has '
+                          f'torch and torchvision (e.g. --torch-python /path/to/venv/bin/python)')
+            self.fatal = True
             return
         env = dict(os.environ)
         env.pop('PYTHONPATH', None)  # the worker needs nothing of the checkout
         try:
-            self.log = open(log_path, 'w')
-            self.proc = subprocess.Popen([exe, '-c', TORCH_WORKER, device], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=self.log, text=True,
-                                         bufsize=1, env=env)
+            self.log = open(self.log_path, 'a')
+            self.proc = subprocess.Popen([exe, '-c', TORCH_WORKER, self.device],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=self.log, text=True, bufsize=1, env=env)
         except OSError as e:
             self.error = f'cannot start {exe}: {e}'
+            self.fatal = True
             return
-        threading.Thread(target=self._read, daemon=True).start()
+        threading.Thread(target=self._read, args=(self.proc, self.lines), daemon=True).start()
 
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
+    @staticmethod
+    def _read(proc, lines) -> None:
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
 
     def _answer(self, timeout: float) -> dict:
         try:
@@ -359,8 +363,16 @@ class TorchPeer:
         r = self._answer(timeout)
         if 'error' in r:
             self.error = r['error']
+            self.fatal = True  # torch cannot be imported or sees no device: retrying won't help
         else:
             self.info = r
+
+    def revive(self, timeout: float) -> None:
+        """A new worker when the last one was stopped (a hung compile, a crash)."""
+        if self.error and not self.fatal:
+            self.close()
+            self._spawn()
+            self.start(timeout)
 
     def ask(self, req: dict, timeout: float) -> dict:
         if self.error:
@@ -392,24 +404,24 @@ class TorchPeer:
 
 
 class TorchSide:
-    """One torch measurement (train or forward): setup once, then timed repeats."""
+    """One torch measurement (train or forward; eager or torch.compile): setup once, then
+    timed repeats."""
 
     def __init__(self, peer: TorchPeer, kind: str, S: Sizes, bs: int, steps: int,
                  compile_: bool, setup_timeout: float, step_timeout: float):
         self.peer, self.kind, self.bs, self.steps = peer, kind, bs, steps
+        self.mode = 'compile' if compile_ else 'eager'
         self.step_timeout = step_timeout
         self.times: list[float] = []
         self.first = None
-        self.compiled = False
         self.error: Optional[str] = None
-        self.compile_error: Optional[str] = None
+        peer.revive(setup_timeout)
         r = peer.ask({'op': 'setup', 'kind': kind, 'stages': list(S.stages), 'sz': S.sz, 'bs': bs,
                       'compile': compile_, 'warmup': S.warmup}, setup_timeout)
         if 'error' in r:
             self.error = r['error']
         else:
-            self.first, self.compiled = r['first'], r['compiled']
-            self.compile_error = r['compile_error']
+            self.first = r['first']
 
     def repeat(self) -> None:
         if self.error:
@@ -421,11 +433,21 @@ class TorchSide:
             self.times.append(r['seconds'])
 
     def rate(self) -> Optional[float]:
-        return median_rate(self.bs * self.steps, self.times) if self.times and not self.error else None
+        return median_rate(self.bs * self.steps, self.times) if self.times else None
 
-    def mode(self) -> str:
-        return 'compile' if self.compiled else 'eager, compile failed' if self.compile_error \
-            else 'eager'
+    def summary(self) -> dict:
+        return {'rate': self.rate(), 'first_s': self.first, 'error': self.error,
+                'repeats': len(self.times)}
+
+
+def best_torch(sides: list) -> tuple[Any, str]:
+    """The faster torch mode, the one the ratio is taken against: (rate, mode), or
+    ('not available', '') when none was measured."""
+    done = [s for s in sides if s is not None and s.rate()]
+    if not done:
+        return 'not available', ''
+    s = max(done, key=lambda s: s.rate())
+    return s.rate(), s.mode
 
 
 # --------------------------------------------------------------------------------------
@@ -457,6 +479,11 @@ def check_imports() -> list[str]:
     if os.path.realpath(where) != os.path.realpath(REPO):
         notes.append(f'jaxcls was imported from {where}, not from this checkout {REPO}')
     return notes
+
+
+def ram_gb() -> float:
+    from jaxcls.data.decode import ram_budget, RAM_FRACTION
+    return ram_budget() / RAM_FRACTION / 2**30
 
 
 def nvidia_smi() -> Optional[str]:
@@ -613,25 +640,51 @@ class JaxForward:
         return median_rate(self.S.fwd_bs * self.S.fwd_steps, self.times)
 
 
+def decode_probe(path: str, cache_size: int, n: int = 500) -> float:
+    """Milliseconds per JPEG that one thread needs to decode and resize (no cache, no pool):
+    with T decode threads the decode cannot beat n_images * this / T."""
+    from jaxcls.data.decode import decode_image
+    names = sorted(os.path.join(dp, f) for dp, _, fs in os.walk(os.path.join(path, 'train'))
+                   for f in fs if f.endswith('.jpg'))[:n]
+    for f in names[:20]:  # warm the file cache and Pillow
+        decode_image(f, cache_size)
+    t = time.perf_counter()
+    for f in names:
+        decode_image(f, cache_size)
+    return (time.perf_counter() - t) / max(1, len(names)) * 1e3
+
+
 def jax_lesson(S: Sizes, spec, path: str) -> dict:
     """Section 4: the lesson's first three lines on a folder of JPEGs, each phase timed.
     The decode cache and stored features of an earlier pass are deleted first, so every
-    pass decodes every JPEG."""
+    pass decodes every JPEG. `pretrained(precompute=True)` is timed in its two parts (the
+    model, then the features: the same work), fit per epoch (the first compiles)."""
     from jaxcls import ConvLearner, ImageClassifierData, tfms_from_model
+    from jaxcls.data.decode import wait_for_cache_writes
     shutil.rmtree(os.path.join(path, 'tmp'), ignore_errors=True)
     t0 = time.perf_counter()
     data = ImageClassifierData.from_paths(path, tfms=tfms_from_model(spec, S.sz), quiet=True)
     t1 = time.perf_counter()
     # bfloat16 compute as in every other section: the body's forward runs once, in bf16.
-    learn = ConvLearner.pretrained(spec, data, precompute=True, pretrained=False, quiet=True,
+    learn = ConvLearner.pretrained(spec, data, precompute=False, pretrained=False, quiet=True,
                                    dtype='bfloat16')
+    t_model = time.perf_counter()
+    learn.precompute = True
     t2 = time.perf_counter()
-    hist = learn.fit(0.01, S.fit_epochs)
+    timer = epoch_timer()
+    hist = learn.fit(0.01, S.fit_epochs, callbacks=[timer])
     t3 = time.perf_counter()
+    # The decode cache goes to disk in the background while the lesson runs; how much longer
+    # it took is reported (Python waits for it at exit), and the next pass needs it done.
+    wait_for_cache_writes()
+    t4 = time.perf_counter()
     assert not data.trn_ds.from_cache and not data.skipped, 'expected a fresh decode of every file'
-    return {'decode_s': t1 - t0, 'precompute_s': t2 - t1, 'fit_s': t3 - t2, 'total_s': t3 - t0,
+    return {'decode_s': t1 - t0, 'precompute_s': t2 - t1, 'model_s': t_model - t1,
+            'features_s': t2 - t_model, 'fit_s': t3 - t2, 'fit_epochs_s': timer.times,
+            'total_s': t3 - t0, 'cache_write_after_s': t4 - t3,
             'n_train': len(data.trn_ds), 'n_valid': len(data.val_ds), 'bs': data.bs,
-            'cache_size': data.cache_size, 'hist': hist}
+            'cache_size': data.cache_size, 'in_ram': not isinstance(data.trn_ds.x, np.memmap),
+            'hist': hist}
 
 
 # --------------------------------------------------------------------------------------
@@ -649,8 +702,11 @@ class Row:
     target: Optional[float] = None          # absolute target on the jaxcls value
     target_ratio: Optional[float] = None    # jaxcls / torch must be >= this
     unit: str = 'img/s'
+    skipped: bool = False   # its section was left out (--sections)
 
     def cells(self, judge: bool) -> list[str]:
+        if self.skipped:
+            return [f'{self.key:<3}{self.what}', 'skipped', '-', '-', '-', '-']
         fmt = (lambda v: f'{v:.0f}' if v >= 100 else f'{v:.1f}') if self.unit == 'img/s' \
             else (lambda v: f'{v:.2f}')
         jv = 'failed' if self.jax is None else fmt(self.jax)
@@ -716,6 +772,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument('--workdir', default=None,
                     help='folder for the generated JPEGs (reused across runs), their decode cache '
                          'and bench_gpu.json (default $TMPDIR/jaxcls-bench-gpu[-tiny])')
+    ap.add_argument('--sections', default='1,2,3,4',
+                    help='the sections to run, comma-separated (default all: 1,2,3,4); naming any of '
+                         '1, 2, 3 runs those three (3 uses 2\'s learner); `--sections 4` runs the '
+                         'lesson alone')
     ap.add_argument('--jpeg-workers', type=int, default=None,
                     help='processes generating the JPEGs (default: the CPU count)')
     return ap.parse_args(argv)
@@ -729,6 +789,9 @@ def main(argv=None) -> int:
         # The tiny run is the CPU smoke test, also on a GPU machine (unless told otherwise).
         os.environ.setdefault('JAX_PLATFORMS', 'cpu')
     torch_compile = S.torch_compile if args.torch_compile is None else args.torch_compile == 'on'
+    sections = set(args.sections.replace(' ', '').split(','))
+    if not sections or not sections <= {'1', '2', '3', '4'}:
+        fail(f'--sections {args.sections!r}: give some of 1,2,3,4, comma-separated (e.g. 4)')
     import tempfile
     workdir = os.path.abspath(args.workdir or os.path.join(
         tempfile.gettempdir(), 'jaxcls-bench-gpu' + ('-tiny' if args.tiny else '')))
@@ -780,105 +843,172 @@ def main(argv=None) -> int:
 
     # The torch worker imports torch while JAX compiles section 1.
     torch_device = 'cuda' if platform_name == 'gpu' else 'cpu'
-    peer = TorchPeer(args.torch_python, torch_device, os.path.join(workdir, 'torch_worker.log'))
-    setup_timeout = 120 if args.tiny else 420  # a torch.compile of a ResNet34 step, plus margin
+    peer = TorchPeer(args.torch_python if sections & {'1', '3'} else '/nonexistent/python',
+                     torch_device, os.path.join(workdir, 'torch_worker.log'))
+    # A torch.compile of a ResNet34 training step takes 1-2 min; past these limits the worker
+    # is stopped (its eager numbers are already in) and a new one serves the next section.
+    setup_timeout = 120 if args.tiny else 240
     step_timeout = 60 if args.tiny else 120
+    modes = (False, True) if torch_compile else (False,)
 
     spec = arch_spec(S)
     arch_desc = (f'{spec.name} {list(S.stages)}, {S.sz} px, batch {S.bs}, bfloat16 compute, '
                  f'float32 params and BatchNorm statistics')
     results: dict = {'sizes': dataclasses.asdict(S), 'versions': versions,
-                     'devices': [str(d) for d in devices], 'nvidia_smi': smi}
+                     'devices': [str(d) for d in devices], 'nvidia_smi': smi, 'failed': {}}
 
-    # ---- 1 + 5: training on synthetic data, jaxcls and torch in alternation
-    say(f'\n[1] training, synthetic data on the device: {arch_desc}')
-    j1 = JaxTrainSynthetic(S, spec)
-    say(f'    jaxcls: compile {j1.compile_s:.1f} s (cache load if warm), first step '
-        f'{j1.first_s:.2f} s')
-    peer.start(setup_timeout)
-    if peer.error:
-        say(f'    torch: not available ({peer.error})')
-    else:
-        say(f"    torch {peer.info['torch']} torchvision {peer.info['torchvision']} on "
-            f"{peer.info['device_name']}")
-    t1 = TorchSide(peer, 'train', S, S.bs, S.steps, torch_compile, setup_timeout, step_timeout)
-    if not t1.error:
-        say(f'    torch ({t1.mode()}): first step {t1.first:.1f} s'
-            + (f'; torch.compile failed, eager instead: {t1.compile_error}' if t1.compile_error else ''))
-    for _ in range(S.repeats):
-        j1.repeat()
-        t1.repeat()
-    say(f'    jaxcls {j1.rate():.1f} img/s (loss {j1.loss:.3f})'
-        + (f'; torch {t1.rate():.1f} img/s' if t1.rate() else ''))
-    results['train_synthetic'] = {'jax': j1.rate(), 'jax_compile_s': j1.compile_s,
-                                  'torch': t1.rate(), 'torch_mode': t1.mode(),
-                                  'torch_first_s': t1.first, 'torch_error': t1.error,
-                                  'torch_compile_error': t1.compile_error}
-    del j1
+    def guarded(section: str, fn, *a):
+        """Run one section; an exception is reported and recorded, and the run goes on, so
+        one broken section never costs the others' numbers (a GPU session is short)."""
+        try:
+            return fn(*a)
+        except Exception as e:  # noqa: BLE001 - reported, recorded, and shown in the table
+            import traceback
+            traceback.print_exc()
+            msg = f'{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ""}'
+            say(f'    FAILED: {msg[:300]}')
+            results['failed'][section] = msg[:1000]
+            return None
 
-    # ---- 2: the same training from the uint8 cache with on-device augmentation
-    say(f'\n[2] training from the uint8 cache ({S.cache} px) with on-device augmentation '
-        f'(transforms_side_on, max_zoom=1.1): ConvLearner, half(), unfreeze(), fit')
-    r2 = jax_train_aug(S, spec, workdir)
-    say(f"    {r2['images']} images per epoch: first epoch {r2['first_epoch_s']:.1f} s (compiles), "
-        f"then {r2['epoch_s']:.3f} s = {r2['rate']:.1f} img/s (median of {S.aug_epochs})")
-    results['train_aug'] = {k: v for k, v in r2.items() if k not in ('learn', 'data')}
+    def stamp() -> str:
+        return f'(at {time.perf_counter() - t_start:.0f} s)'
 
-    # ---- 3 + 5: frozen-body forward
-    say(f'\n[3] frozen-body forward (pooled features, what precompute runs), batch {S.fwd_bs}, '
-        f'bfloat16, uint8 input cropped and normalised on the device')
-    j3 = JaxForward(S, r2['learn'], r2['data'])
-    say(f'    jaxcls: compile {j3.compile_s:.1f} s, first batch {j3.first_s:.2f} s, features '
-        f'{j3.features}')
-    t3 = TorchSide(peer, 'forward', S, S.fwd_bs, S.fwd_steps, torch_compile, setup_timeout,
-                   step_timeout)
-    if not t3.error:
-        say(f'    torch ({t3.mode()}): first batch {t3.first:.1f} s (float32 input already '
-            f'normalised)' + (f'; torch.compile failed, eager instead: {t3.compile_error}'
-                              if t3.compile_error else ''))
-    for _ in range(S.repeats):
-        j3.repeat()
-        t3.repeat()
-    say(f'    jaxcls {j3.rate():.1f} img/s' + (f'; torch {t3.rate():.1f} img/s' if t3.rate() else ''))
-    results['forward_frozen'] = {'jax': j3.rate(), 'jax_compile_s': j3.compile_s,
-                                 'torch': t3.rate(), 'torch_mode': t3.mode(),
-                                 'torch_first_s': t3.first, 'torch_error': t3.error,
-                                 'torch_compile_error': t3.compile_error}
-    del j3, r2
-    peer.close()
+    def torch_timed(kind: str, bs: int, steps: int, jax_side) -> list:
+        """Each torch mode set up in turn, then timed in alternation with `jax_side`."""
+        sides = []
+        for compiled in modes:
+            t = TorchSide(peer, kind, S, bs, steps, compiled, setup_timeout, step_timeout)
+            sides.append(t)
+            if t.error:
+                say(f'    torch ({t.mode}): not available ({t.error})')
+                continue
+            say(f'    torch ({t.mode}): first call {t.first:.1f} s {stamp()}')
+            for _ in range(S.repeats):
+                if jax_side is not None:
+                    guarded(f'{kind} repeats', jax_side.repeat)
+                t.repeat()
+            say(f'    torch ({t.mode}): {t.rate() or 0:.1f} img/s'
+                + (f' (then: {t.error})' if t.error else ''))
+        return sides
 
-    # ---- 4: the lesson on JPEGs, twice
-    say(f'\n[4] the lesson on {S.n_jpegs} JPEGs: from_paths(tfms=tfms_from_model({spec.name}, '
-        f'{S.sz})) + ConvLearner.pretrained(precompute=True, pretrained=False, '
-        "dtype='bfloat16') + "
-        f'fit(0.01, {S.fit_epochs})')
-    passes = []
-    for name in ('first pass', 'again, compile cache warm'):
-        r = jax_lesson(S, spec, jpeg_root)
-        passes.append(r)
-        last = r['hist'][-1]
-        say(f"    {name}: decode {r['decode_s']:.2f} s ({r['n_train']} + {r['n_valid']} images, "
-            f"{r['cache_size']} px) + pretrained/precompute {r['precompute_s']:.2f} s + fit "
-            f"{r['fit_s']:.2f} s = {r['total_s']:.2f} s; last epoch val_loss "
-            f"{last['val_loss']:.4f} accuracy {last.get('accuracy', float('nan')):.4f}")
-    results['lesson'] = [{k: v for k, v in r.items() if k != 'hist'} for r in passes]
-    warm = passes[1]
+    j1_rate = j3_rate = None
+    t1, t3 = [], []
+    if sections & {'1', '2', '3'}:
+        # ---- 1 + 5: training on synthetic data, jaxcls and torch in alternation
+        say(f'\n[1] training, synthetic data on the device: {arch_desc} {stamp()}')
+        j1 = guarded('1', JaxTrainSynthetic, S, spec)
+        if j1 is not None:
+            say(f'    jaxcls: compile {j1.compile_s:.1f} s (cache load if warm), first step '
+                f'{j1.first_s:.2f} s {stamp()}')
+        peer.start(setup_timeout)
+        if peer.error:
+            say(f'    torch: not available ({peer.error})')
+        else:
+            say(f"    torch {peer.info['torch']} torchvision {peer.info['torchvision']} on "
+                f"{peer.info['device_name']}")
+        t1 = torch_timed('train', S.bs, S.steps, j1)
+        if j1 is not None and not j1.times:  # no torch to alternate with
+            for _ in range(S.repeats):
+                guarded('1', j1.repeat)
+        j1_rate = j1.rate() if j1 is not None and j1.times else None
+        trace_dir = os.environ.get('JAXCLS_BENCH_TRACE')
+        if trace_dir and j1 is not None:
+            # A profiler trace of a few timed-size steps, for reading offline (xprof); untimed.
+            def trace(side):
+                import jax
+                jax.profiler.start_trace(trace_dir)
+                try:
+                    side._steps(3)
+                finally:
+                    jax.profiler.stop_trace()
+                say(f'    profiler trace of 3 steps in {trace_dir}')
+            guarded('1 trace', trace, j1)
+        if j1_rate:
+            say(f'    jaxcls {j1_rate:.1f} img/s (median of {len(j1.times)}; loss {j1.loss:.3f})')
+        results['train_synthetic'] = {'jax': j1_rate, 'jax_compile_s': j1 and j1.compile_s,
+                                      'torch': {t.mode: t.summary() for t in t1}}
+        del j1
 
+        # ---- 2: the same training from the uint8 cache with on-device augmentation
+        say(f'\n[2] training from the uint8 cache ({S.cache} px) with on-device augmentation '
+            f'(transforms_side_on, max_zoom=1.1): ConvLearner, half(), unfreeze(), fit {stamp()}')
+        r2 = guarded('2', jax_train_aug, S, spec, workdir)
+        if r2 is not None:
+            say(f"    {r2['images']} images per epoch: first epoch {r2['first_epoch_s']:.1f} s "
+                f"(compiles), then {r2['epoch_s']:.3f} s = {r2['rate']:.1f} img/s (median of "
+                f"{S.aug_epochs})")
+            results['train_aug'] = {k: v for k, v in r2.items() if k not in ('learn', 'data')}
+
+        # ---- 3 + 5: frozen-body forward
+        say(f'\n[3] frozen-body forward (pooled features, what precompute runs), batch {S.fwd_bs}, '
+            f'bfloat16, uint8 input cropped and normalised on the device {stamp()}')
+        j3 = guarded('3', JaxForward, S, r2['learn'], r2['data']) if r2 is not None else None
+        if j3 is not None:
+            say(f'    jaxcls: compile {j3.compile_s:.1f} s, first batch {j3.first_s:.2f} s, features '
+                f'{j3.features}')
+        t3 = torch_timed('forward', S.fwd_bs, S.fwd_steps, j3)
+        if j3 is not None and not j3.times:
+            for _ in range(S.repeats):
+                guarded('3', j3.repeat)
+        j3_rate = j3.rate() if j3 is not None and j3.times else None
+        if j3_rate:
+            say(f'    jaxcls {j3_rate:.1f} img/s (median of {len(j3.times)})')
+        results['forward_frozen'] = {'jax': j3_rate, 'jax_compile_s': j3 and j3.compile_s,
+                                     'torch': {t.mode: t.summary() for t in t3}}
+        del j3, r2
+        peer.close()
+
+    passes = [None, None]
+    if '4' in sections:
+        # ---- 4: the lesson on JPEGs, twice
+        say(f'\n[4] the lesson on {S.n_jpegs} JPEGs: from_paths(tfms=tfms_from_model({spec.name}, '
+            f'{S.sz})) + ConvLearner.pretrained(precompute=True, pretrained=False, '
+            "dtype='bfloat16') + "
+            f'fit(0.01, {S.fit_epochs}) {stamp()}')
+        probe = guarded('4 probe', decode_probe, jpeg_root, round(1.15 * S.sz))
+        if probe:
+            threads = os.cpu_count() or 1
+            say(f'    one thread decodes a JPEG in {probe:.2f} ms: {S.n_jpegs} on {threads} threads '
+                f'take at least {S.n_jpegs * probe / threads / 1e3:.2f} s; RAM available '
+                f'{ram_gb():.1f} GB')
+        results['decode_ms_per_image_one_thread'] = probe
+        passes = []
+        for name in ('first pass', 'again, compile cache warm'):
+            r = guarded(f'4 {name}', jax_lesson, S, spec, jpeg_root)
+            passes.append(r)
+            if r is None:
+                continue
+            last = r['hist'][-1]
+            say(f"    {name}: decode {r['decode_s']:.2f} s ({r['n_train']} + {r['n_valid']} images, "
+                f"{r['cache_size']} px, {'in RAM' if r['in_ram'] else 'memory-mapped'}) + "
+                f"pretrained/precompute {r['precompute_s']:.2f} s (model {r['model_s']:.2f} + "
+                f"features {r['features_s']:.2f}) + fit {r['fit_s']:.2f} s (epochs "
+                f"{', '.join(f'{v:.2f}' for v in r['fit_epochs_s'])}) = {r['total_s']:.2f} s; "
+                f"cache on disk {r['cache_write_after_s']:.1f} s after fit; last epoch val_loss "
+                f"{last['val_loss']:.4f} accuracy {last.get('accuracy', float('nan')):.4f} {stamp()}")
+        results['lesson'] = [r and {k: v for k, v in r.items() if k != 'hist'} for r in passes]
+    warm = passes[1] or {}
+    first = passes[0] or {}
+
+    tr1, tm1 = best_torch(t1)
+    tr3, tm3 = best_torch(t3)
+    skip123, skip4 = not sections & {'1', '2', '3'}, '4' not in sections
     rows = [
-        Row('1', 'train img/s, synthetic on device', results['train_synthetic']['jax'],
-            t1.rate() or _na(t1), t1.mode(), target=9000, target_ratio=1.0),
-        Row('2', 'train img/s, uint8 cache + device aug', results['train_aug']['rate'], '-'),
-        Row('3', 'frozen-body forward img/s', results['forward_frozen']['jax'],
-            t3.rate() or _na(t3), t3.mode(), target=40000),
-        Row('4a', 'lesson: from_paths (decode) s', warm['decode_s'], '-', unit='s',
-            higher_better=False),
-        Row('4b', 'lesson: pretrained(precompute) s', warm['precompute_s'], '-', unit='s',
-            higher_better=False),
-        Row('4c', f'lesson: fit(0.01, {S.fit_epochs}) s', warm['fit_s'], '-', unit='s',
-            higher_better=False),
-        Row('4', 'lesson: total s', warm['total_s'], '-', unit='s', higher_better=False, target=7),
-        Row('4*', 'lesson: total s, first pass', passes[0]['total_s'], '-', unit='s',
-            higher_better=False),
+        Row('1', 'train img/s, synthetic on device', j1_rate, tr1, tm1, target=9000,
+            target_ratio=1.0, skipped=skip123),
+        Row('2', 'train img/s, uint8 cache + device aug', results.get('train_aug', {}).get('rate'),
+            '-', skipped=skip123),
+        Row('3', 'frozen-body forward img/s', j3_rate, tr3, tm3, target=40000, skipped=skip123),
+        Row('4a', 'lesson: from_paths (decode) s', warm.get('decode_s'), '-', unit='s',
+            higher_better=False, skipped=skip4),
+        Row('4b', 'lesson: pretrained(precompute) s', warm.get('precompute_s'), '-', unit='s',
+            higher_better=False, skipped=skip4),
+        Row('4c', f'lesson: fit(0.01, {S.fit_epochs}) s', warm.get('fit_s'), '-', unit='s',
+            higher_better=False, skipped=skip4),
+        Row('4', 'lesson: total s', warm.get('total_s'), '-', unit='s', higher_better=False,
+            target=7, skipped=skip4),
+        Row('4*', 'lesson: total s, first pass', first.get('total_s'), '-', unit='s',
+            higher_better=False, skipped=skip4),
     ]
     elapsed = time.perf_counter() - t_start
     results['elapsed_s'] = elapsed
@@ -891,7 +1021,10 @@ def main(argv=None) -> int:
         say(f'  - {n}')
     say(f'  - {arch_desc}; ratio = jaxcls / pytorch (> 1: jaxcls faster); torch is torchvision\'s '
         f'ResNet with AMP bfloat16 autocast and channels_last, SGD momentum 0.9, '
-        f'torch.compile {"on (falls back to eager if it fails)" if torch_compile else "off"}.')
+        + ('eager and torch.compile each measured; the table shows the faster.'
+           if torch_compile else 'eager (torch.compile off).'))
+    for section, msg in results['failed'].items():
+        say(f'  - section {section} FAILED: {msg[:300]}')
     say('  - rows 4a-4c and 4 are the second lesson pass (decode cache deleted, compile cache '
         'warm); 4* the first, compiles as the cache had them.')
     if args.tiny:
@@ -904,10 +1037,6 @@ def main(argv=None) -> int:
                                    + ('; OVER' if elapsed > FULL_BUDGET_S else '') + ')')
     say(f'\nelapsed {elapsed:.1f} s{budget}')
     return 0
-
-
-def _na(side: TorchSide) -> str:
-    return 'not available' if side.error else '-'
 
 
 if __name__ == '__main__':

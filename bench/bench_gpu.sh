@@ -17,6 +17,9 @@
 #                      bench_gpu.json (default $TMPDIR/jaxcls-bench-gpu); the full run needs
 #                      ~6 GB free there
 #
+# Environment: JAXCLS_BENCH_TRACE=DIR also writes a jax.profiler trace of three section-1
+# training steps into DIR (untimed; read it with xprof).
+#
 # What it needs: `python3` (or $PYTHON) with jax (CUDA build), flax, optax, orbax-checkpoint,
 # pillow and numpy; torch and torchvision (CUDA) for the PyTorch columns. jaxcls is NOT
 # installed: it runs from this checkout through PYTHONPATH. tensorflow-datasets, tqdm and
