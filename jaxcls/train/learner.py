@@ -387,8 +387,8 @@ class ConvLearner:
         leaves = jax.tree_util.tree_leaves(body)
         # jax arrays are immutable: the same array objects have the same digest. Hashing the
         # body (ResNet34: 87 MB copied from the device) took 0.19 s on a GPU machine, and
-        # every validation after precompute asks for it again.
-        # Weak references: the memo never keeps an old body alive on the device.
+        # every validation after precompute asks for it again. The memo holds weak
+        # references, so it never keeps an old body alive on the device.
         seen = getattr(self, '_digest_memo', None)
         if seen is not None and len(seen[0]) == len(leaves) and all(
                 r() is a for r, a in zip(seen[0], leaves)):
@@ -930,7 +930,8 @@ class ConvLearner:
         with self._memory_guard('in lr_find'):
             while it < nb:
                 for batch in self._train_loader(epoch).iter_epoch(epoch):
-                    state, metrics = step_fn(state, batch, *self._rates(lr_table[it]))  # live
+                    # `state` is the part the compiled step takes (see `_live`)
+                    state, metrics = step_fn(state, batch, *self._rates(lr_table[it]))
                     sm, ema = smooth([float(metrics['loss'])], start=ema)
                     loss = float(sm[0])
                     rec.record([lr_table[it, -1]], [loss], [MOMENTUM])
