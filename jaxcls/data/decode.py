@@ -546,8 +546,10 @@ def _build(*, kind: str, names: Sequence[str], sources: Any, size: int,
                                                    _max_pixels(max_pixels))
             except OSError:
                 procs = None  # threads below, into the same array
-        if procs is None and shared is not None:
-            os.remove(shared[0])  # the mapping stays; the name goes
+        if shared is not None:
+            # The workers have mapped it (or are not running): the mapping stays, the name
+            # goes, so nothing is left in /dev/shm even if this process is killed.
+            os.remove(shared[0])
     if out is None:
         out = np.empty((n, size, size, 3), np.uint8)
 
@@ -584,9 +586,6 @@ def _build(*, kind: str, names: Sequence[str], sources: Any, size: int,
                                   f'threads only.', RuntimeWarning, stacklevel=3)
             finally:
                 decode_procs.stop_workers(procs)
-                if shared is not None:
-                    with contextlib.suppress(OSError):
-                        os.remove(shared[0])  # the mapping stays; the name goes
         else:
             with _progress(n, f'decode {name}', quiet or n < PROGRESS_MIN) as bar, \
                     cf.ThreadPoolExecutor(max_workers=workers,

@@ -58,6 +58,13 @@ def start_workers(count: int, buffer: str, offset: int, shape: Sequence[int],
                                  text=True, bufsize=1, env=env)
             p.error_file = err
             procs.append(p)
+        # Each worker says 'ready' once it has mapped the output: after that the caller may
+        # remove the buffer's name, so a run killed midway leaves no file in /dev/shm.
+        for p in procs:
+            try:
+                p.ready = p.stdout.readline() == 'ready\n'
+            except (OSError, ValueError):
+                p.ready = False
     except OSError:
         stop_workers(procs)
         raise
@@ -110,7 +117,12 @@ def run(procs: Sequence[subprocess.Popen], items: Sequence[tuple[int, str]],
     deaths: list[str] = []
 
     def feed(proc: subprocess.Popen) -> None:
-        alive = True
+        alive = getattr(proc, 'ready', True)
+        if not alive:
+            code = proc.poll()
+            words = last_words(proc)
+            with lock:
+                deaths.append(f'did not start (exit code {code})' + (f': {words}' if words else ''))
         try:
             while True:
                 with lock:
@@ -162,6 +174,8 @@ def _worker() -> None:
     sys.modules[spec.name] = dec  # its dataclasses look their module up there
     spec.loader.exec_module(dec)
     out = np.memmap(cfg['buffer'], np.uint8, 'r+', offset=cfg['offset'], shape=tuple(cfg['shape']))
+    sys.stdout.write('ready\n')
+    sys.stdout.flush()
     size = cfg['shape'][1]
     import warnings
     from PIL import Image
