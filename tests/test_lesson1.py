@@ -57,3 +57,34 @@ def test_lesson1_runs_as_written(tmp_path, monkeypatch):
     assert acc >= 0.9, acc   # chance is 0.5
     assert len(learn.history) == 1 + 3 + 7
     assert (tmp_path / 'dogscats' / 'models' / '224_lastlayer').is_dir()
+
+
+def test_pretrained_learner_loads_the_body_and_inits_only_the_head(tmp_path, monkeypatch):
+    # The body comes from the file and is never random-initialised; the head is what a
+    # whole-network init with the same seed gives (a learner with pretrained=False).
+    import jax
+    from jaxcls import ConvLearner, ImageClassifierData, tfms_from_model
+    from jaxcls.models.weights import load_pretrained
+    from jaxcls.train import learner as learner_mod
+    PATH = make_folder(tmp_path / 'dogscats', n_train=6, n_valid=4)
+    (tmp_path / 'weights').mkdir()
+    write_resnet34_weights(tmp_path / 'weights')
+    monkeypatch.setenv('JAXCLS_WEIGHTS', str(tmp_path / 'weights'))
+    data = ImageClassifierData.from_paths(PATH, tfms=tfms_from_model('resnet34', 32), quiet=True)
+    calls = []
+    real = learner_mod._pretrained_variables
+    monkeypatch.setattr(learner_mod, '_pretrained_variables',
+                        lambda *a: calls.append(1) or real(*a))
+    learn = ConvLearner.pretrained('resnet34', data, seed=3, quiet=True)
+    random = ConvLearner.pretrained('resnet34', data, seed=3, quiet=True, pretrained=False)
+    assert calls == [1] and learn.pretrained_body
+    file = load_pretrained('resnet34', include_fc=False)
+    for col in ('params', 'batch_stats'):
+        got = jax.tree_util.tree_leaves_with_path(learn.state.variables[col]['body'])
+        want = dict(jax.tree_util.tree_leaves_with_path(file[col]))
+        assert len(got) == len(want)
+        for path, a in got:
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(want[path]))
+        for a, b in zip(jax.tree_util.tree_leaves(learn.state.variables[col]['head']),
+                        jax.tree_util.tree_leaves(random.state.variables[col]['head'])):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
