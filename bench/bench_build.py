@@ -18,11 +18,11 @@ with:
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
+
+from bench_workflow import run  # one child process per side, JSON out (same folder)
 
 # Writes the weights file; runs in the torch venv.
 WRITE = r'''
@@ -67,15 +67,6 @@ assert learn.pretrained_body == a['pretrained']
 t2 = time.perf_counter()
 print(json.dumps({'data': t1 - t0, 'learner': t2 - t1, 'version': 'jaxcls, jax ' + jax.__version__}))
 '''
-
-
-def run(python: str, code: str, args: dict, env: dict | None = None) -> dict:
-    out = subprocess.run([python, '-c', code, json.dumps(args)], capture_output=True, text=True,
-                         env={**os.environ, **(env or {})})
-    if out.returncode != 0:
-        return {'error': out.stderr.strip().splitlines()[-1] if out.stderr.strip() else
-                f'exit status {out.returncode}'}
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
