@@ -3,7 +3,8 @@
 #
 # Run from the repository root on a machine with one NVIDIA GPU (H100/H200), no network needed:
 #
-#     bash bench/bench_gpu.sh                                  # the full run, < 8 min on one H100
+#     bash bench/bench_gpu.sh                                  # the full run: 271 s on one H200
+#     bash bench/bench_gpu.sh --sections 4                     # the 20,000-JPEG lesson alone, ~65 s
 #     bash bench/bench_gpu.sh --torch-python /opt/venv/bin/python   # torch lives in another python
 #     bash bench/bench_gpu.sh --workdir /scratch/bench         # where the JPEGs and caches go
 #     bash bench/bench_gpu.sh --tiny                           # CPU smoke test, < 1 min, toy sizes
@@ -16,6 +17,7 @@
 #   --workdir DIR      generated JPEGs (kept and reused by later runs), their decode cache and
 #                      bench_gpu.json (default $TMPDIR/jaxcls-bench-gpu); the full run needs
 #                      ~6 GB free there
+#   --sections LIST    which sections run (default 1,2,3,4); naming any of 1-3 runs all three
 #
 # Environment: JAXCLS_BENCH_TRACE=DIR also writes a jax.profiler trace of three section-1
 # training steps into DIR (untimed; read it with xprof).
