@@ -167,3 +167,22 @@ def test_large_maps_split_the_kernel_gradient_and_match_the_xla_path(monkeypatch
     # The stem and layer1's two convolutions: one kernel-gradient convolution per pair of
     # images instead of one per layer.
     assert hlo.count(' convolution(') == hlo_plain.count(' convolution(') + 3 * (4 // 2 - 1)
+
+
+@pytest.mark.parametrize('stages, block', [((2, 2, 2, 2), 'basic'), ((3, 4, 6, 3), 'basic'),
+                                           ((3, 4, 6, 3), 'bottleneck'), ((1, 1, 1, 1), 'basic'),
+                                           ((3, 4, 6), 'basic'), ((1,), 'bottleneck')])
+@pytest.mark.parametrize('num_classes', [None, 7])
+def test_written_down_shapes_are_what_init_makes(stages, block, num_classes):
+    from jaxcls.models.resnet import out_channels, variable_shapes
+    model = ResNet(stages, block, num_classes)
+    traced = jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                            jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
+    traced = {'params': traced['params'], 'batch_stats': traced['batch_stats']}
+    written = variable_shapes(stages, block, num_classes)
+    assert jax.tree_util.tree_structure(written) == jax.tree_util.tree_structure(traced)
+    for a, b in zip(jax.tree_util.tree_leaves(written), jax.tree_util.tree_leaves(traced)):
+        assert (a.shape, a.dtype) == (b.shape, b.dtype)
+    fmap = jax.eval_shape(lambda v: ResNet(stages, block, None).apply(v, jnp.zeros((1, 64, 64, 3))),
+                          variable_shapes(stages, block, None))
+    assert fmap.shape[-1] == out_channels(stages, block)

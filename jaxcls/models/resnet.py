@@ -287,3 +287,57 @@ class ResNet(nn.Module):
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=dense_init,
                         bias_init=_torch_bias_init(in_features), name='fc')(x)
+
+
+def variable_shapes(stage_sizes: Sequence[int], block: str = 'basic',
+                    num_classes: Optional[int] = 1000) -> dict:
+    """`{'params', 'batch_stats'}` of `ResNet(stage_sizes, block, num_classes)` as
+    ShapeDtypeStructs, written down from the layer list above instead of traced: what
+    `jax.eval_shape(model.init, ...)` gives (tests/test_resnet.py checks every arch), without
+    its ~0.4 s trace, which the weight loader and the learner paid on every run.
+
+    >>> variable_shapes((1, 1, 1, 1), num_classes=None)['params']['conv1']['kernel'].shape
+    (7, 7, 3, 64)
+    """
+    f32 = jnp.float32
+    s = lambda *shape: jax.ShapeDtypeStruct(tuple(shape), f32)
+    conv = lambda k, cin, cout: {'kernel': s(k, k, cin, cout)}
+    params, stats = {}, {}
+
+    def norm(p, b, name, c):
+        p[name] = {'scale': s(c), 'bias': s(c)}
+        b[name] = {'mean': s(c), 'var': s(c)}
+
+    params['conv1'] = conv(7, 3, 64)
+    norm(params, stats, 'bn1', 64)
+    expansion = 1 if block == 'basic' else 4
+    cin = 64
+    for i, n in enumerate(stage_sizes):
+        width = 64 * 2 ** i
+        lp, lb = params[f'layer{i + 1}'], stats[f'layer{i + 1}'] = {}, {}
+        for j in range(n):
+            bp, bb = lp[str(j)], lb[str(j)] = {}, {}
+            stride = (1 if i == 0 else 2) if j == 0 else 1
+            if block == 'basic':
+                layers = [(3, cin, width), (3, width, width)]
+            else:
+                layers = [(1, cin, width), (3, width, width), (1, width, width * 4)]
+            for k, (ks, a, b) in enumerate(layers, 1):
+                bp[f'conv{k}'] = conv(ks, a, b)
+                norm(bp, bb, f'bn{k}', b)
+            if j == 0 and (stride != 1 or cin != width * expansion):
+                bp['downsample_0'] = conv(1, cin, width * expansion)
+                norm(bp, bb, 'downsample_1', width * expansion)
+            cin = width * expansion
+    if num_classes is not None:
+        params['fc'] = {'kernel': s(cin, num_classes), 'bias': s(num_classes)}
+    return {'params': params, 'batch_stats': stats}
+
+
+def out_channels(stage_sizes: Sequence[int], block: str = 'basic') -> int:
+    """Channels of the body's feature map (what the head's pooling sees).
+
+    >>> out_channels((3, 4, 6, 3)), out_channels((3, 4, 6, 3), 'bottleneck'), out_channels((3, 4, 6))
+    (512, 2048, 256)
+    """
+    return 64 * 2 ** (len(stage_sizes) - 1) * (1 if block == 'basic' else 4)

@@ -493,15 +493,11 @@ def _layout(arch: Any) -> tuple[str, str, tuple[int, ...]]:
 
 @functools.lru_cache(maxsize=16)
 def _model_shapes(block: str, stage_sizes: tuple[int, ...], num_classes: Optional[int]):
-    """{torch key: (collection, flax path, flax shape)} for a ResNet, via a cheap eval_shape."""
-    import jax
-    import jax.numpy as jnp
+    """{torch key: (collection, flax path, flax shape)} for a ResNet (no trace: `variable_shapes`)."""
     from flax import traverse_util
-    from jaxcls.models.resnet import ResNet
+    from jaxcls.models.resnet import variable_shapes
 
-    model = ResNet(stage_sizes, block, num_classes)
-    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
-                            jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
+    shapes = variable_shapes(stage_sizes, block, num_classes)
     table = {}
     for col in ('params', 'batch_stats'):
         for path, leaf in traverse_util.flatten_dict(dict(shapes[col])).items():

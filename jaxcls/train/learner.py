@@ -33,7 +33,7 @@ from jaxcls.data import transforms as T
 from jaxcls.data.loader import DataLoader, replicate
 from jaxcls.models.archs import ArchSpec, get_arch
 from jaxcls.models.head import XTRA_FC, ConvNet, Head
-from jaxcls.models.resnet import ResNet
+from jaxcls.models.resnet import ResNet, out_channels, variable_shapes
 from jaxcls.models.zoo import merge_variables
 
 from . import checkpoint as ckpt
@@ -83,16 +83,20 @@ def _with_body(state: TrainState, body: dict) -> TrainState:
 
 def _pretrained_variables(net: ConvNet, key: jax.Array, loaded: dict) -> Optional[dict]:
     """The net's variables with the body from `loaded` and a freshly initialised head, without
-    ever initialising the body: only its shapes are traced. The head's values are the same
-    as a whole-network init with `key` gives (Flax derives each module's key from its path).
-    Random-initialising ResNet34's body only to overwrite it compiled for ~5 s on a 2-core
-    CPU. None when `loaded` does not cover the whole body (the caller then inits it all)."""
-    x = jnp.zeros((1, _INIT_SIZE, _INIT_SIZE, 3))
-    feats, shapes = jax.eval_shape(
-        lambda k: net.init_with_output({'params': k, 'dropout': k}, x, method=ConvNet.features),
-        key)
-    body = {c: merge_variables(shapes[c]['body'], loaded[c])
-            for c in ('params', 'batch_stats') if c in shapes}
+    ever initialising the body (its shapes come from `variable_shapes`, untraced). The head's
+    values are the same as a whole-network init with `key` gives (Flax derives each module's
+    key from its path). Random-initialising ResNet34's body only to overwrite it compiled for
+    ~5 s on a 2-core CPU. None when `loaded` does not cover the whole body (the caller then
+    inits it all)."""
+    stages, block = tuple(net.body.stage_sizes), net.body.block
+    shapes = variable_shapes(stages, block, None)
+    if net.pool:  # concat pooling: max and mean of every channel
+        feats = jax.ShapeDtypeStruct((1, 2 * out_channels(stages, block)), jnp.float32)
+    else:  # a custom head sees the feature map: trace the body for its shape
+        feats = jax.eval_shape(lambda k: net.init_with_output(
+            {'params': k, 'dropout': k}, jnp.zeros((1, _INIT_SIZE, _INIT_SIZE, 3)),
+            method=ConvNet.features)[0], key)
+    body = {c: merge_variables(shapes[c], loaded[c]) for c in ('params', 'batch_stats')}
     if any(isinstance(a, jax.ShapeDtypeStruct) for a in jax.tree_util.tree_leaves(body)):
         return None
     head = jax.jit(lambda k: net.init({'params': k, 'dropout': k},
