@@ -403,6 +403,32 @@ def _shared_buffer(nbytes: int) -> tuple[str, mmap.mmap] | None:
         return None
 
 
+def _tmp_npy(base: str) -> str:
+    """A temporary file name next to the cache `base`, unique to this process and call."""
+    return f'{base}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.npy'
+
+
+def _write_cache(base: str, manifest: dict, x: np.ndarray | None = None,
+                 tmp: str | None = None) -> str:
+    """Publish a decode cache: `x` saved under a temporary name (or `tmp`, already written),
+    renamed to ``base.npy``, then the manifest, which readers check first, written last; so
+    a reader never sees a partial cache. Returns the .npy path; raises OSError (a temporary
+    this call wrote is removed first)."""
+    written = tmp is None
+    tmp = _tmp_npy(base) if written else tmp
+    try:
+        if written:
+            np.save(tmp, x)
+        os.replace(tmp, base + '.npy')
+        _atomic_json(base + '.json', manifest)
+    except OSError:
+        if written:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+        raise
+    return base + '.npy'
+
+
 _pending_saves: list[threading.Thread] = []
 _pending_lock = threading.Lock()
 
@@ -411,19 +437,13 @@ def _save_later(x: np.ndarray, base: str, manifest: dict) -> str:
     """Write `x` as ``base.npy`` (then its manifest) in a background thread; returns the path.
 
     The thread is not a daemon: Python waits for it before the interpreter exits, so a
-    script that ends right after decoding still leaves a complete cache. A reader never sees
-    a partial file: the array goes to a temporary name that is renamed when complete, and
-    the manifest, which a later run checks first, is written last.
+    script that ends right after decoding still leaves a complete cache (`_write_cache`
+    publishes it the same way as a foreground write).
     """
     def save() -> None:
-        tmp = f'{base}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.npy'
         try:
-            np.save(tmp, x)  # writes with the GIL released: the caller's threads go on
-            os.replace(tmp, base + '.npy')
-            _atomic_json(base + '.json', manifest)
+            _write_cache(base, manifest, x)  # np.save releases the GIL: the caller goes on
         except OSError as e:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
             warnings.warn(f'jaxcls could not write the decode cache {base!r}.npy ({e}); the '
                           f'images stay in memory for this run and are decoded again next run.')
 
@@ -521,7 +541,7 @@ def _build(*, kind: str, names: Sequence[str], sources: Any, size: int,
         try:
             os.makedirs(os.path.dirname(base), exist_ok=True)
             if nbytes > mmap_bytes and not in_ram:
-                tmp_npy = f'{base}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.npy'
+                tmp_npy = _tmp_npy(base)
                 out = np.lib.format.open_memmap(tmp_npy, 'w+', np.uint8, (n, size, size, 3))
         except OSError as e:
             warnings.warn(f'jaxcls could not write the decode cache in {os.path.dirname(base)!r} '
@@ -613,7 +633,7 @@ def _build(*, kind: str, names: Sequence[str], sources: Any, size: int,
                 'shape': [len(kept), size, size, 3]}
     if len(kept) < n:
         if tmp_npy:  # compact the memory map into a new file, 1024 rows at a time
-            compact = f'{base}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.npy'
+            compact = _tmp_npy(base)
             comp = np.lib.format.open_memmap(compact, 'w+', np.uint8, (len(kept), size, size, 3))
             for s in range(0, len(kept), 1024):
                 comp[s:s + 1024] = out[kept[s:s + 1024]]
@@ -629,13 +649,8 @@ def _build(*, kind: str, names: Sequence[str], sources: Any, size: int,
         cache_file = _save_later(out, base, manifest)
     elif disk:
         try:
-            if tmp_npy is None:
-                tmp_npy = f'{base}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.npy'
-                np.save(tmp_npy, out)
-            os.replace(tmp_npy, base + '.npy')
+            cache_file = _write_cache(base, manifest, out if tmp_npy is None else None, tmp_npy)
             tmp_npy = None
-            _atomic_json(base + '.json', manifest)
-            cache_file = base + '.npy'
         except OSError as e:
             warnings.warn(f'jaxcls could not write the decode cache {base!r}.npy ({e}); it stays '
                           f'in memory for this run.', stacklevel=3)
