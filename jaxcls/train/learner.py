@@ -143,6 +143,7 @@ class ConvLearner:
         self._txs: dict = {}
         self._fns: dict = {}
         self._features: dict = {}
+        self._placed: dict = {}  # stored features copied to the device, by split name
         self._feature_cache = pre.FeatureCache(os.path.join(data.path, 'tmp', 'precompute'))
         self.state = self._place(create_train_state(net.apply, variables, self._tx(), rng=seed))
         self.epoch = 0  # epochs trained so far: the data order of the next epoch
@@ -466,6 +467,7 @@ class ConvLearner:
         if bar:
             bar.close()
         self._features = feats
+        self._placed = {}
         self._feature_loaders: dict = {}
 
     def _placed_features(self, name: str) -> Any:
@@ -475,12 +477,9 @@ class ConvLearner:
         if (jax.process_count() > 1 or arr.nbytes > DEVICE_FEATURES_MAX_BYTES
                 or len(arr) == 0):
             return arr
-        key = ('placed', name)
-        placed = self._feature_loaders.get(key)
-        if placed is None:
-            placed = self._feature_loaders[key] = jax.device_put(
-                arr, self.data.trn_dl.mesh.devices.flat[0])
-        return placed
+        if name not in self._placed:
+            self._placed[name] = jax.device_put(arr, self.data.trn_dl.mesh.devices.flat[0])
+        return self._placed[name]
 
     def _train_loader(self, epoch: int) -> DataLoader:
         if not self._precompute:
