@@ -11,12 +11,12 @@ the batch is vmapped, and any class can be asked for, not only the predicted one
 """
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from jaxcls import xla
 from jaxcls.models.head import ConvNet
 
 
@@ -69,7 +69,7 @@ def gradcam_weights(net: ConvNet, variables: dict, fmap: jax.Array, class_idx: j
     return grads.mean(axis=(1, 2))
 
 
-@partial(jax.jit, static_argnums=(0,), static_argnames=('upsample',))
+@xla.jit(static_argnums=(0,), static_argnames=('upsample',))
 def class_activation_map(net: ConvNet, variables: dict, images: jax.Array, class_idx: Any,
                          upsample: bool = True) -> tuple[jax.Array, jax.Array]:
     """Grad-CAM heatmaps for `class_idx` (an int, or one per image) on normalised images.

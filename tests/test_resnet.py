@@ -130,43 +130,87 @@ def test_small_maps_use_patches_and_match_the_xla_path(monkeypatch):
     assert hlo.count(' convolution(') < hlo_plain.count(' convolution(')
 
 
-@pytest.mark.parametrize('shape,k,stride,pad,group', [((5, 20, 20, 3), 7, 2, 3, 2), ((4, 12, 12, 8), 3, 1, 1, 2),
-                                                      ((3, 12, 12, 8), 3, 2, 1, 1), ((4, 12, 12, 8), 1, 2, 0, 3)])
-def test_split_kernel_gradient_equals_xla_outputs_and_gradients(shape, k, stride, pad, group):
-    from jaxcls.models.resnet import _conv, conv_split_wgrad
+def _close(a, b):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
+
+
+@pytest.mark.parametrize('shape,k,stride,pad', [((3, 13, 12, 5), 3, 2, 1), ((2, 8, 8, 4), 3, 2, 1),
+                                                ((2, 7, 9, 3), 2, 2, 0), ((2, 6, 6, 2), 3, 1, 1)])
+def test_max_pool_equals_the_reduce_window_in_outputs_and_gradients(shape, k, stride, pad):
+    from flax import linen as nn
+    from jaxcls.models.resnet import max_pool
     x = jax.random.normal(jax.random.PRNGKey(0), shape)
-    w = jax.random.normal(jax.random.PRNGKey(1), (k, k, shape[-1], 16)) * 0.1
-    y0, y1 = _conv(x, w, stride, pad), conv_split_wgrad(x, w, stride, pad, group)
-    np.testing.assert_array_equal(y1, y0)   # the forward pass is XLA's own
-    g0 = jax.grad(lambda x, w: jnp.sum(jnp.sin(_conv(x, w, stride, pad))), argnums=(0, 1))(x, w)
-    g1 = jax.grad(lambda x, w: jnp.sum(jnp.sin(conv_split_wgrad(x, w, stride, pad, group))),
-                  argnums=(0, 1))(x, w)
-    for a, b in zip(g1, g0):   # groups of images add up to the whole batch's gradient
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
+    # ReLU zeros and repeated values make ties: the gradient must go to the same element.
+    x = jnp.round(jax.nn.relu(x) * 2) / 2
+
+    def ref(x):
+        return nn.max_pool(x, (k, k), (stride, stride), ((pad, pad), (pad, pad)))
+    np.testing.assert_array_equal(max_pool(x, k, stride, pad), ref(x))
+    w = jax.random.normal(jax.random.PRNGKey(1), ref(x).shape)
+    g0 = jax.grad(lambda x: jnp.sum(ref(x) * w))(x)
+    g1 = jax.grad(lambda x: jnp.sum(max_pool(x, k, stride, pad) * w))(x)
+    _close(g1, g0)
+    assert float(jnp.abs(g0).sum()) > 0
 
 
-def test_large_maps_split_the_kernel_gradient_and_match_the_xla_path(monkeypatch):
+def test_batch_norm_train_equals_the_plain_formula_and_its_autodiff():
+    from jaxcls.models.resnet import batch_norm_train
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 5, 3, 6)) * 3 + 1
+    scale = jax.random.normal(jax.random.PRNGKey(1), (6,))
+    bias = jax.random.normal(jax.random.PRNGKey(2), (6,))
+    w = jax.random.normal(jax.random.PRNGKey(3), x.shape)
+
+    def plain(x, scale, bias):
+        mean = x.mean((0, 1, 2))
+        var = jnp.square(x - mean).mean((0, 1, 2))
+        return (x - mean) * jax.lax.rsqrt(var + 1e-5) * scale + bias, mean, var
+    for a, b in zip(batch_norm_train(x, scale, bias, 1e-5), plain(x, scale, bias)):
+        _close(a, b)
+    loss = lambda f: lambda *a: jnp.sum(jnp.sin(f(*a)[0]) * w)
+    fast = jax.grad(loss(lambda x, s, b: batch_norm_train(x, s, b, 1e-5)), argnums=(0, 1, 2))
+    ref = jax.grad(loss(plain), argnums=(0, 1, 2))
+    for a, b in zip(fast(x, scale, bias), ref(x, scale, bias)):
+        _close(a, b)
+
+
+def test_fusion_barrier_is_the_identity_in_value_and_both_derivatives():
+    from jaxcls.models.resnet import fusion_barrier
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 3, 4)).at[0, 0, 0, 0].set(jnp.nan)
+    np.testing.assert_array_equal(fusion_barrier(x), x)   # a NaN first element included
+    x = jnp.nan_to_num(x)
+    np.testing.assert_array_equal(jax.grad(lambda v: jnp.sum(fusion_barrier(v) * 3))(x),
+                                  jnp.full(x.shape, 3.0))
+    _, t = jax.jvp(fusion_barrier, (x,), (x * 2,))
+    np.testing.assert_array_equal(t, x * 2)
+    assert 'conditional' in jax.jit(fusion_barrier).lower(x).compile().as_text()
+
+
+@pytest.mark.parametrize('stages,block,size', [((1, 1, 1, 1), 'basic', 64), ((2, 1), 'bottleneck', 40)])
+def test_cpu_rewrites_leave_the_model_s_outputs_gradients_and_statistics_unchanged(
+        monkeypatch, stages, block, size):
     import jaxcls.models.resnet as R
-    module = ResNet((1, 1), 'basic', 3)
-    v = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)))
-    x = jax.random.normal(jax.random.PRNGKey(1), (4, 224, 224, 3))   # stem 112x112, layer1 56x56
+    module = ResNet(stages, block, 5)
+    v = module.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)))
+    x = jax.random.normal(jax.random.PRNGKey(1), (4, size, size, 3))
 
-    def loss(params):
-        out, _ = module.apply({'params': params, 'batch_stats': v['batch_stats']}, x, train=True,
-                              mutable=['batch_stats'])
-        return jnp.sum(jnp.sin(out))
-    grad = jax.jit(jax.grad(loss))
-    split = grad(v['params'])
-    hlo = grad.lower(v['params']).compile().as_text()
-    monkeypatch.setattr(R, 'WGRAD_SPLIT_MIN_PIXELS', 10 ** 9)
-    grad = jax.jit(jax.grad(loss))
-    plain = grad(v['params'])
-    hlo_plain = grad.lower(v['params']).compile().as_text()
-    for a, b in zip(jax.tree_util.tree_leaves(split), jax.tree_util.tree_leaves(plain)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
-    # The stem and layer1's two convolutions: one kernel-gradient convolution per pair of
-    # images instead of one per layer.
-    assert hlo.count(' convolution(') == hlo_plain.count(' convolution(') + 3 * (4 // 2 - 1)
+    def loss(params, stats):
+        out, upd = module.apply({'params': params, 'batch_stats': stats}, x, train=True,
+                                mutable=['batch_stats'])
+        return jnp.sum(jnp.sin(out)), upd
+    results, programs = [], []
+    for on in (True, False):
+        monkeypatch.setattr(R, 'CPU_REWRITES', on)
+        assert R.cpu_rewrites() is on
+        f = jax.jit(jax.value_and_grad(loss, has_aux=True))   # a new function: a new trace
+        results.append((f(v['params'], v['batch_stats']), module.apply(v, x)))
+        programs.append(f.lower(v['params'], v['batch_stats']).compile().as_text())
+    leaves = [jax.tree_util.tree_leaves(r) for r in results]
+    assert len(leaves[0]) == len(leaves[1]) > 20
+    for a, b in zip(*leaves):
+        _close(a, b)
+    # The rewritten program pools without reduce-windows and stores the residual stream.
+    assert programs[0].count('reduce-window') < programs[1].count('reduce-window')
+    assert 'conditional' in programs[0] and 'conditional' not in programs[1]
 
 
 @pytest.mark.parametrize('stages, block', [((2, 2, 2, 2), 'basic'), ((3, 4, 6, 3), 'basic'),

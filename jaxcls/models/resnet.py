@@ -51,6 +51,10 @@ class BatchNorm(nn.Module):
         bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
         ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((c,), jnp.float32))
         ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones((c,), jnp.float32))
+        if not self.use_running_average and cpu_rewrites():
+            y, mean, var = batch_norm_train(x.astype(jnp.float32), scale, bias, self.epsilon)
+            self._update(ra_mean, ra_var, mean, var, x.size // c)
+            return y.astype(self.dtype)
         if self.use_running_average:
             mean, var = ra_mean.value, ra_var.value
         else:
@@ -58,14 +62,16 @@ class BatchNorm(nn.Module):
             xf = x.astype(jnp.float32)
             mean = xf.mean(axes)
             var = jnp.square(xf - mean).mean(axes)
-            if not self.is_initializing():
-                n = x.size // c
-                m = self.momentum
-                ra_mean.value = m * ra_mean.value + (1 - m) * mean
-                ra_var.value = m * ra_var.value + (1 - m) * var * (n / max(n - 1, 1))
+            self._update(ra_mean, ra_var, mean, var, x.size // c)
         mul = scale * jax.lax.rsqrt(var + self.epsilon)
         y = x.astype(jnp.float32) * mul + (bias - mean * mul)
         return y.astype(self.dtype)
+
+    def _update(self, ra_mean, ra_var, mean, var, n):
+        if not self.is_initializing():
+            m = self.momentum
+            ra_mean.value = m * ra_mean.value + (1 - m) * mean
+            ra_var.value = m * ra_var.value + (1 - m) * var * (n / max(n - 1, 1))
 
 
 # XLA:CPU runs a 3x3 convolution on a 2x2 feature map 20-50x slower than the same
@@ -93,59 +99,149 @@ def conv_patches(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.
     return patches @ kernel.reshape(kh * kw * cin, cout)
 
 
-# XLA:CPU computes a convolution's weight gradient over a large map 2-3.5x slower in one
-# piece than as a sum of the gradients of small groups of images (measured, batch 32,
-# 7x7/2 stem at 224 px: 295 ms vs 89 ms; 3x3 64->64 on 56x56: 192 ms vs 81 ms; from
-# 28x28 down the gain is under 1.4x and from 16x16 none). Each group is one more
-# convolution to compile (~0.04 s), so the split is made only for maps of at least this
-# many output pixels, in groups of WGRAD_GROUP images, and only on a single CPU device.
-WGRAD_SPLIT_MIN_PIXELS = 56 * 56
-WGRAD_GROUP = 2
-
-
 def _conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
     p = (pad, pad)
     return jax.lax.conv_general_dilated(x, kernel, (stride, stride), (p, p),
                                         dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def conv_split_wgrad(x: jax.Array, kernel: jax.Array, stride: int, pad: int,
-                     group: int) -> jax.Array:
-    """XLA's convolution, with the kernel's gradient summed over groups of `group` images.
+# On a CPU, XLA spends as much time around the convolutions of a ResNet training step
+# as in them, in three places that the functions below rewrite (measured with the
+# profiler on ResNet34, batch 32, 128 px, 2 cores; `python bench/bench_step.py`):
+# - BatchNorm's per-channel sums are XLA reductions that run at about 1 GB/s; the same
+#   sums as a vector-matrix product are 4-7x faster (`channel_sum`).
+# - Max pooling's gradient goes through a reduce-window that carries four index arrays
+#   (about 100 ms per step); comparing the nine taps does the same in about 15 ms.
+# - Each kernel gradient reads its input transposed, and XLA recomputes that input, the
+#   residual stream, from every earlier block's outputs inside the transpose: 120 ms for
+#   one 8 MB tensor. `fusion_barrier` makes XLA store the block output once instead.
+# Together with XLA's own convolutions (jaxcls.xla.compiler_options) they take a step
+# from 1.99 to 1.54 s. They are used on a single CPU device; elsewhere, and when
+# CPU_REWRITES is False, the model is the plain one. Outputs and gradients agree to 1e-5.
+CPU_REWRITES = True
 
-    The forward pass and the input gradient are XLA's own; the kernel gradient is the
-    same sum over images, added up group by group (equal to 1e-5 relative, tested).
+
+def cpu_rewrites() -> bool:
+    """Whether this trace uses the CPU rewrites (one CPU device, CPU_REWRITES set)."""
+    return CPU_REWRITES and jax.default_backend() == 'cpu' and jax.device_count() == 1
+
+
+def channel_sum(v: jax.Array) -> jax.Array:
+    """Sum over every axis but the last, as one vector-matrix product (float32 sums)."""
+    v = v.reshape(-1, v.shape[-1])
+    return jnp.dot(jnp.ones((v.shape[0],), v.dtype), v, precision=jax.lax.Precision.HIGHEST)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float):
+    """(y, mean, biased var): x normalised with its own per-channel statistics, float32.
+
+    The same function as BatchNorm's plain path, with every per-channel sum (two forward,
+    two backward) a `channel_sum`. mean and var are statistics only: no gradient flows
+    back through them.
     """
-    return _conv(x, kernel, stride, pad)
+    return _bn_fwd(x, scale, bias, eps)[0]
 
 
-def _split_fwd(x, kernel, stride, pad, group):
-    return _conv(x, kernel, stride, pad), (x, kernel)
+def _bn_fwd(x, scale, bias, eps):
+    n = x.size // x.shape[-1]
+    mean = channel_sum(x) / n
+    xc = x - mean
+    var = channel_sum(xc * xc) / n
+    rstd = jax.lax.rsqrt(var + eps)
+    return (xc * rstd * scale + bias, mean, var), (x, mean, rstd, scale)
 
 
-def _split_bwd(stride, pad, group, res, g):
-    x, kernel = res
-    _, dx_fn = jax.vjp(lambda x_: _conv(x_, kernel, stride, pad), x)
-    (dx,) = dx_fn(g)
-    dk = None
-    for i in range(0, x.shape[0], group):
-        _, dk_fn = jax.vjp(lambda k_: _conv(x[i:i + group], k_, stride, pad), kernel)
-        (part,) = dk_fn(g[i:i + group])
-        dk = part if dk is None else dk + part
-    return dx, dk
+def _bn_bwd(eps, res, cotangents):
+    g = cotangents[0]
+    x, mean, rstd, scale = res
+    n = x.size // x.shape[-1]
+    xhat = (x - mean) * rstd
+    dbias = channel_sum(g)
+    dscale = channel_sum(g * xhat)
+    dx = (scale * rstd / n) * (n * g - dbias - xhat * dscale)
+    return dx, dscale, dbias
 
 
-conv_split_wgrad.defvjp(_split_fwd, _split_bwd)
+batch_norm_train.defvjp(_bn_fwd, _bn_bwd)
+
+
+def _pool_taps(xp, k, stride, ho, wo):
+    return [xp[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :]
+            for i in range(k) for j in range(k)]
+
+
+def _pool_pad(x, pad):
+    return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=-jnp.inf)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def max_pool(x: jax.Array, k: int, stride: int, pad: int) -> jax.Array:
+    """`nn.max_pool(x, (k, k), (stride, stride), ((pad, pad), (pad, pad)))` as the maximum
+    of k*k strided slices. Its gradient goes to the first maximum of each window in
+    row-major order, as the reduce-window's and torch's do."""
+    return _pool_fwd(x, k, stride, pad)[0]
+
+
+def _pool_fwd(x, k, stride, pad):
+    xp = _pool_pad(x, pad)
+    ho = (xp.shape[1] - k) // stride + 1
+    wo = (xp.shape[2] - k) // stride + 1
+    taps = _pool_taps(xp, k, stride, ho, wo)
+    y = taps[0]
+    for t in taps[1:]:
+        y = jnp.maximum(y, t)
+    return y, (x, y)
+
+
+def _pool_bwd(k, stride, pad, res, g):
+    x, y = res
+    xp = _pool_pad(x, pad)
+    hp, wp = xp.shape[1], xp.shape[2]
+    ho, wo = y.shape[1], y.shape[2]
+    zero = jnp.zeros((), g.dtype)
+    taken = jnp.zeros(y.shape, bool)
+    dxp = None
+    for t, xs in enumerate(_pool_taps(xp, k, stride, ho, wo)):
+        i, j = divmod(t, k)
+        hit = (xs == y) & ~taken
+        taken = taken | hit
+        # Tap (i, j) of window (a, b) is padded-input pixel (i + stride*a, j + stride*b):
+        # interior padding spreads the window grid out to the input's.
+        part = jax.lax.pad(jnp.where(hit, g, zero), zero,
+                           ((0, 0, 0), (i, hp - i - stride * (ho - 1) - 1, stride - 1),
+                            (j, wp - j - stride * (wo - 1) - 1, stride - 1), (0, 0, 0)))
+        dxp = part if dxp is None else dxp + part
+    return (dxp[:, pad:hp - pad, pad:wp - pad, :],)
+
+
+max_pool.defvjp(_pool_fwd, _pool_bwd)
+
+
+@jax.custom_jvp
+def fusion_barrier(x: jax.Array) -> jax.Array:
+    """x, stored once: XLA may not recompute it from its producers inside a later fusion.
+
+    XLA:CPU removes `lax.optimization_barrier` before fusion, so the barrier is a
+    conditional whose branches both return x, one as `x * 1` so that XLA does not merge
+    them (tests/test_resnet.py checks the conditional survives compilation). The
+    predicate (is x's first element NaN) only has to be unknown when compiling. Costs
+    one copy of x. Differentiates as the identity.
+    """
+    first = x.reshape(-1)[0]
+    return jax.lax.cond(first != first, lambda v: v * jnp.ones((), v.dtype), lambda v: v, x)
+
+
+@fusion_barrier.defjvp
+def _barrier_jvp(primals, tangents):
+    return fusion_barrier(primals[0]), tangents[0]
 
 
 class Conv(nn.Module):
     """A bias-free 2-D convolution with torch's symmetric padding; `kernel` is HWIO as in nn.Conv.
 
-    Picks the faster implementation for the static shape: XLA's convolution, a matmul
-    over patches for tiny output maps (see SMALL_MAP_PIXELS), or on the CPU for large
-    maps XLA's convolution with its kernel gradient split over groups of images (see
-    WGRAD_SPLIT_MIN_PIXELS). Same parameters and the same function either way.
+    Uses a matmul over patches for tiny output maps (see SMALL_MAP_PIXELS), XLA's
+    convolution otherwise. Same parameters and the same function either way.
     """
 
     features: int
@@ -163,12 +259,13 @@ class Conv(nn.Module):
         wo = (x.shape[2] + 2 * self.padding - k) // self.stride + 1
         if ho * wo <= SMALL_MAP_PIXELS:
             return conv_patches(x, kernel, self.stride, self.padding)
-        # One CPU device only: with the batch sharded over several, the slices cut across
-        # shards and the partitioner adds an all-reduce per group (3x slower, measured).
-        if (ho * wo >= WGRAD_SPLIT_MIN_PIXELS and x.shape[0] > WGRAD_GROUP
-                and jax.default_backend() == 'cpu' and jax.device_count() == 1):
-            return conv_split_wgrad(x, kernel, self.stride, self.padding, WGRAD_GROUP)
         return _conv(x, kernel, self.stride, self.padding)
+
+
+def _block_output(x, train):
+    # The residual stream, stored once (see fusion_barrier) for a backward pass under the
+    # CPU rewrites. A forward pass alone never recomputes it, so it is not copied there.
+    return fusion_barrier(x) if train and cpu_rewrites() else x
 
 
 def _torch_bias_init(fan_in: int):
@@ -197,7 +294,7 @@ class BasicBlock(nn.Module):
         if self.downsample:
             x = conv(self.features, 1, self.stride, 0, name='downsample_0')(x)
             x = norm(name='downsample_1')(x)
-        return nn.relu(y + x)
+        return _block_output(nn.relu(y + x), train)
 
 
 class Bottleneck(nn.Module):
@@ -222,7 +319,7 @@ class Bottleneck(nn.Module):
         if self.downsample:
             x = conv(self.features * 4, 1, self.stride, 0, name='downsample_0')(x)
             x = norm(name='downsample_1')(x)
-        return nn.relu(y + x)
+        return _block_output(nn.relu(y + x), train)
 
 
 class Stage(nn.Module):
@@ -273,7 +370,8 @@ class ResNet(nn.Module):
         x = Conv(64, 7, 2, 3, dtype=self.dtype, name='conv1')(x)
         x = BatchNorm(not train or 'bn1' in bn_eval, dtype=self.dtype, name='bn1')(x)
         x = nn.relu(x)
-        x = nn.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
+        x = (max_pool(x, 3, 2, 1) if cpu_rewrites()
+             else nn.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1))))
         expansion = 1 if self.block == 'basic' else 4
         in_features = 64
         for i, n in enumerate(self.stage_sizes):

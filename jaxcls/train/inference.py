@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcls import xla
 from jaxcls.data import transforms as T
 from jaxcls.data.decode import BadImageError, decode_image
 from jaxcls.models.archs import ArchSpec
@@ -38,7 +39,7 @@ class Predictor:
         self.tfm = T.TfmConfig(**{k: tuple(x) if isinstance(x, list) else x for k, x in v.items()})
         self.cache_size = int(meta['cache_size'])
         final = jax.nn.sigmoid if self.is_multi else jax.nn.softmax
-        self._fn = jax.jit(lambda var, x: final(
+        self._fn = xla.jit(lambda var, x: final(
             model.apply(var, T.val_transform(x, self.tfm)).astype(jnp.float32)))
 
     @classmethod

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxcls import compile_cache
+from jaxcls import compile_cache, xla
 from jaxcls.data import transforms as T
 from jaxcls.data.loader import DataLoader, replicate
 from jaxcls.models.archs import ArchSpec, get_arch
@@ -99,7 +99,7 @@ def _pretrained_variables(net: ConvNet, key: jax.Array, loaded: dict) -> Optiona
     body = {c: merge_variables(shapes[c], loaded[c]) for c in ('params', 'batch_stats')}
     if any(isinstance(a, jax.ShapeDtypeStruct) for a in jax.tree_util.tree_leaves(body)):
         return None
-    head = jax.jit(lambda k: net.init({'params': k, 'dropout': k},
+    head = xla.jit(lambda k: net.init({'params': k, 'dropout': k},
                                       jnp.zeros(feats.shape, feats.dtype),
                                       method=ConvNet.head_only))(key)
     return {c: {**head.get(c, {}), 'body': body.get(c, {})} for c in ('params', 'batch_stats')}
@@ -226,7 +226,7 @@ class ConvLearner:
             loaded = load_pretrained(spec, weights, include_fc=False)
             variables = _pretrained_variables(net, key, loaded)
         if variables is None:
-            variables = jax.jit(lambda k: net.init(
+            variables = xla.jit(lambda k: net.init(
                 {'params': k, 'dropout': k}, jnp.zeros((1, _INIT_SIZE, _INIT_SIZE, 3))))(key)
             variables = {'params': variables['params'], 'batch_stats': variables['batch_stats']}
         desc.update(xtra_cut=int(xtra_cut))
@@ -364,31 +364,31 @@ class ConvLearner:
                 opt = set_hyperparam_unless_nan(opt, 'momentum', mom)
                 state, metrics = inner(state.replace(opt_state=opt), batch)
                 return (_without_body(state) if body is not None else state), metrics
-            return jax.jit(step, donate_argnums=0)
+            return xla.jit(step, donate_argnums=0)
         final = jax.nn.sigmoid if self.is_multi else jax.nn.log_softmax
         if kind == 'predict':
             if self._precompute:
-                return jax.jit(lambda v, f: final(net.apply(v, f, method=ConvNet.head_only)
+                return xla.jit(lambda v, f: final(net.apply(v, f, method=ConvNet.head_only)
                                                   .astype(jnp.float32)))
-            return jax.jit(lambda v, x: final(net.apply(v, T.val_transform(x, cfg))
+            return xla.jit(lambda v, x: final(net.apply(v, T.val_transform(x, cfg))
                                               .astype(jnp.float32)))
         if kind == 'predict_uint8':
-            return jax.jit(lambda v, x: final(net.apply(v, T.val_transform(x, cfg))
+            return xla.jit(lambda v, x: final(net.apply(v, T.val_transform(x, cfg))
                                               .astype(jnp.float32)))
         if kind == 'predict_float':
-            return jax.jit(lambda v, x: final(net.apply(v, x.astype(jnp.float32))
+            return xla.jit(lambda v, x: final(net.apply(v, x.astype(jnp.float32))
                                               .astype(jnp.float32)))
         if kind == 'features':
-            return jax.jit(lambda v, x: net.apply(v, T.val_transform(x, cfg),
+            return xla.jit(lambda v, x: net.apply(v, T.val_transform(x, cfg),
                                                   method=ConvNet.features).astype(jnp.float32))
         if kind == 'aug_features':
-            return jax.jit(lambda v, k, x: net.apply(v, T.augment(k, x, cfg),
+            return xla.jit(lambda v, k, x: net.apply(v, T.augment(k, x, cfg),
                                                      method=ConvNet.features).astype(jnp.float32))
         if kind == 'tta':
             def tta(v, keys, x):
                 one = lambda k: final(net.apply(v, T.augment(k, x, cfg)).astype(jnp.float32))
                 return jax.vmap(one)(keys)
-            return jax.jit(tta)
+            return xla.jit(tta)
         raise ValueError(kind)
 
     # ------------------------------------------------------------------ precompute

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxcls import xla
+
 from .state import TrainState
 
 Preprocess = Callable[[jax.Array, jax.Array], jax.Array]  # (key, images) -> float images
@@ -194,13 +196,13 @@ def make_predict_step(loss: str = 'softmax', preprocess: Optional[Callable[[jax.
     return predict_step
 
 
-train_step = jax.jit(make_train_step(), donate_argnums=0)
+train_step = xla.jit(make_train_step(), donate_argnums=0)
 train_step.__doc__ = """Jitted softmax `train_step(state, batch) -> (state, metrics)`; `state` is donated.
 
 >>> state, metrics = train_step(state, {'image': x, 'label': y})  # doctest: +SKIP
 """
-eval_step = jax.jit(make_eval_step())
-predict_step = jax.jit(make_predict_step())
+eval_step = xla.jit(make_eval_step())
+predict_step = xla.jit(make_predict_step())
 
 
 def summarize(metric_sums: list[dict]) -> dict:
