@@ -111,7 +111,7 @@ def _conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
 # - BatchNorm's per-channel sums are XLA reductions that run at about 1 GB/s; the same
 #   sums as a vector-matrix product are 4-7x faster (`channel_sum`).
 # - Max pooling's gradient goes through a reduce-window that carries four index arrays
-#   (about 100 ms per step); comparing the nine taps does the same in about 15 ms.
+#   (about 180 ms of thread time per step); comparing the nine taps costs about 40.
 # - Each kernel gradient reads its input transposed, and XLA recomputes that input, the
 #   residual stream, from every earlier block's outputs inside the transpose: 120 ms for
 #   one 8 MB tensor. `fusion_barrier` makes XLA store the block output once instead.
