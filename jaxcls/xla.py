@@ -58,9 +58,6 @@ class _Jitted:
     def __call__(self, *args, **kwargs):
         return self._get()(*args, **kwargs)
 
-    def lower(self, *args, **kwargs):
-        return self._get().lower(*args, **kwargs)
-
     def __getattr__(self, name: str) -> Any:
         if name.startswith('__'):
             raise AttributeError(name)

@@ -154,7 +154,6 @@ def make_train_step(loss: str = 'softmax', preprocess: Optional[Preprocess] = No
                 lambda n, o, f: o if f else n, new_state.params, state.params, frozen))
         if skip_nonfinite:
             new_state, ok = _keep_if_finite(value, state, new_state)
-        if skip_nonfinite:
             value = jnp.where(ok, value, jnp.nan)
         metrics = {'loss': value, 'accuracy': _masked_mean(correct_fn(logits, batch['label']), mask),
                    'count': jnp.sum(mask)}
