@@ -53,8 +53,14 @@ def test_lesson1_runs_as_written(tmp_path, monkeypatch):
 
     assert data.classes == ['cats', 'dogs'] and len(data.trn_ds) == 200
     assert log_preds.shape == (5, 60, 2)
+    # The last-layer phase on the "pretrained" (here random) body learns the colours; the
+    # unfrozen phase then trains a random ResNet34 on 200 images at up to lr 1e-2, which
+    # first knocks accuracy back to chance and ends wherever rounding takes it: over data
+    # seeds 0-3 it ended at 0.82-1.0 with XLA's convolutions and with Winograd's alike.
+    # Chance is 0.5; 45 of 60 right by chance has p < 1e-4.
+    assert max(h['accuracy'] for h in learn.history[1:4]) >= 0.9, learn.history
     acc = float(np.mean(np.argmax(probs, 1) == y))
-    assert acc >= 0.9, acc   # chance is 0.5
+    assert acc >= 0.75, acc
     assert len(learn.history) == 1 + 3 + 7
     assert (tmp_path / 'dogscats' / 'models' / '224_lastlayer').is_dir()
 

@@ -118,6 +118,8 @@ def test_patch_convolution_equals_xla_outputs_and_gradients(shape, k, stride, pa
 
 def test_small_maps_use_patches_and_match_the_xla_path(monkeypatch):
     import jaxcls.models.resnet as R
+    from jaxcls.models import winograd
+    monkeypatch.setattr(winograd, 'WINOGRAD_MAX_PIXELS', 0)   # XLA's convolution elsewhere
     module = ResNet((1, 1, 1, 1), 'basic', 3)
     v = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 64, 64, 3))   # layer4 runs on 2x2 maps
@@ -208,8 +210,10 @@ def test_cpu_rewrites_leave_the_model_s_outputs_gradients_and_statistics_unchang
     assert len(leaves[0]) == len(leaves[1]) > 20
     for a, b in zip(*leaves):
         _close(a, b)
-    # The rewritten program pools without reduce-windows and stores the residual stream.
+    # The rewritten program pools without reduce-windows, stores the residual stream, and
+    # runs the stride-1 3x3 convolutions on small maps by Winograd's algorithm.
     assert programs[0].count('reduce-window') < programs[1].count('reduce-window')
+    assert programs[0].count(' convolution(') < programs[1].count(' convolution(')
     assert 'conditional' in programs[0] and 'conditional' not in programs[1]
 
 
