@@ -292,9 +292,12 @@ def run_demo(out: Optional[str] = None, *, data_dir: Optional[str] = None,
     at `lr`. `pretrained=True` requires the file, False never looks.
 
     The recipe (resnet18 cut after its second stage, 32 px, one SGDR cycle of
-    15 epochs at lr 0.1, batches of 64) was measured on a 2-core CPU: 80 s
+    15 epochs at lr 0.1, batches of 64) was measured on a 2-core CPU: 40-80 s
     including compilation (about 2 minutes while other jobs share the CPU),
-    98.6-99.2% validation accuracy over seeds 0-2 (12 epochs: 98.3%). lr_find's suggestions are cautious for
+    98.1-98.6% validation accuracy over seeds 0-2 (98.3-98.9% before the CPU
+    convolutions moved to Winograd's algorithm: the same gradients to rounding,
+    whose effect on a run from scratch is a few of 359 scans either way; 12 epochs:
+    98.3%). lr_find's suggestions are cautious for
     training from scratch: its loss minimum is near 0.2, and a tenth of it
     (fastai 0.7's rule, 0.02) reached 97.2% in 15 epochs; 0.1, half the
     minimum, is what the recipe uses. At 32 px ResNet's third and fourth stages
