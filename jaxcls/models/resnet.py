@@ -119,8 +119,9 @@ def _conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
 #   one 8 MB tensor. `fusion_barrier` makes XLA store the block output once instead.
 # Together with XLA's own convolutions (jaxcls.xla.compiler_options) they take a step
 # from 1.99 to 1.54 s. The 3x3 stride-1 convolutions on maps up to 28x28 then run by
-# Winograd's algorithm (jaxcls.models.winograd, 2.25x fewer multiply-adds): in one A/B
-# run, 0.52 -> 0.47 s at 64 px, 1.51 -> 1.26 s at 128 px, 4.93 -> 4.01 s at 224 px.
+# Winograd's algorithm when they have 128+ channels (jaxcls.models.winograd, 2.25x fewer
+# multiply-adds): in A/B runs, 0.58 -> 0.50 s at 64 px, 1.51 -> 1.26 s at 128 px,
+# 4.93 -> 4.01 s at 224 px.
 # They are used on a single CPU device; elsewhere, and when CPU_REWRITES is False, the
 # model is the plain one. Outputs and gradients agree to 1e-5.
 CPU_REWRITES = True

@@ -53,11 +53,13 @@ A_T = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)
 WINOGRAD_MAX_PIXELS = 784
 
 # ... and only with at least this many input channels. The 16 products are matmuls whose
-# inner dimension is the channel count; with fewer than 64 (tiny models, tests) they are
-# too small to gain anything, while each convolution still adds ~0.1 s of compile time.
-# ResNet34's 64-channel layers on 16x16 maps (64 px) gain a little: a step with and
-# without them, three A/B runs in one process each, 429 vs 458, 535 vs 532, 426 vs 460 ms.
-WINOGRAD_MIN_CHANNELS = 64
+# inner dimension is the channel count, and with 64 channels XLA:CPU runs them at about a
+# third of the speed it reaches with 256 (64 vs 200 GFLOP/s). ResNet34's 64-channel
+# layers on 16x16 maps (64 px images) gain little or nothing (a step with and without
+# them, three A/B runs: 429 vs 458, 535 vs 532, 426 vs 460 ms), while compiling them
+# costs 1-2.5 s (the 64 px step: 11.3-12.6 s with them, 9.2-11.5 s without, three runs
+# each in a slow hour); XLA compiles each distinct convolution shape once.
+WINOGRAD_MIN_CHANNELS = 128
 
 
 def _combine(matrix: np.ndarray, xs: list) -> list:
