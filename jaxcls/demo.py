@@ -294,7 +294,7 @@ def run_demo(out: Optional[str] = None, *, data_dir: Optional[str] = None,
     The recipe (resnet18 cut after its second stage, 32 px, one SGDR cycle of
     15 epochs at lr 0.1, batches of 64) was measured on a 2-core CPU: 40-80 s
     including compilation (about 2 minutes while other jobs share the CPU),
-    98.1-98.6% validation accuracy over seeds 0-2 (98.3-98.9% before the CPU
+    98.1-98.3% validation accuracy over seeds 0-2 (98.3-98.9% before the CPU
     convolutions moved to Winograd's algorithm: the same gradients to rounding,
     whose effect on a run from scratch is a few of 359 scans either way; 12 epochs:
     98.3%). lr_find's suggestions are cautious for
