@@ -83,6 +83,13 @@ class BatchNorm(nn.Module):
 SMALL_MAP_PIXELS = 4
 
 
+def _taps(xp: jax.Array, kh: int, kw: int, stride: int, ho: int, wo: int) -> list:
+    """The kh*kw strided [n, ho, wo, c] views of a padded NHWC input, in (kh, kw) order:
+    what a kh x kw window with this stride sees at each of its positions."""
+    return [xp[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :]
+            for i in range(kh) for j in range(kw)]
+
+
 def conv_patches(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
     """A convolution (NHWC, HWIO, symmetric zero padding) as one matmul over patches.
 
@@ -95,8 +102,7 @@ def conv_patches(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.
         x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     ho = (x.shape[1] - kh) // stride + 1
     wo = (x.shape[2] - kw) // stride + 1
-    cols = [x[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :]
-            for i in range(kh) for j in range(kw)]
+    cols = _taps(x, kh, kw, stride, ho, wo)
     patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
     return patches @ kernel.reshape(kh * kw * cin, cout)
 
@@ -172,11 +178,6 @@ def _bn_bwd(eps, res, cotangents):
 batch_norm_train.defvjp(_bn_fwd, _bn_bwd)
 
 
-def _pool_taps(xp, k, stride, ho, wo):
-    return [xp[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :]
-            for i in range(k) for j in range(k)]
-
-
 def _pool_pad(x, pad):
     return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=-jnp.inf)
 
@@ -193,7 +194,7 @@ def _pool_fwd(x, k, stride, pad):
     xp = _pool_pad(x, pad)
     ho = (xp.shape[1] - k) // stride + 1
     wo = (xp.shape[2] - k) // stride + 1
-    taps = _pool_taps(xp, k, stride, ho, wo)
+    taps = _taps(xp, k, k, stride, ho, wo)
     y = taps[0]
     for t in taps[1:]:
         y = jnp.maximum(y, t)
@@ -208,7 +209,7 @@ def _pool_bwd(k, stride, pad, res, g):
     zero = jnp.zeros((), g.dtype)
     taken = jnp.zeros(y.shape, bool)
     dxp = None
-    for t, xs in enumerate(_pool_taps(xp, k, stride, ho, wo)):
+    for t, xs in enumerate(_taps(xp, k, k, stride, ho, wo)):
         i, j = divmod(t, k)
         hit = (xs == y) & ~taken
         taken = taken | hit
