@@ -97,9 +97,11 @@ def test_bfloat16_compute_keeps_float32_params():
 
 @pytest.mark.parametrize('shape,k,stride,pad', [((4, 2, 2, 64), 3, 1, 1), ((4, 4, 4, 32), 3, 2, 1),
                                                 ((4, 1, 1, 64), 3, 1, 1), ((4, 2, 2, 16), 1, 1, 0),
-                                                ((3, 9, 7, 8), 3, 2, 1), ((2, 5, 5, 4), 7, 2, 3)])
-def test_patch_convolution_equals_xla_outputs_and_gradients(shape, k, stride, pad):
-    from jaxcls.models.resnet import conv_patches
+                                                ((3, 9, 7, 8), 3, 2, 1), ((2, 5, 5, 4), 7, 2, 3),
+                                                ((3, 2, 1, 8), 3, 1, 1), ((2, 1, 1, 4), 1, 2, 1)])
+def test_tap_convolution_equals_xla_outputs_and_gradients(shape, k, stride, pad):
+    # The last case has an output pixel whose window holds only padding.
+    from jaxcls.models.resnet import conv_taps
     x = jax.random.normal(jax.random.PRNGKey(0), shape)
     w = jax.random.normal(jax.random.PRNGKey(1), (k, k, shape[-1], 24)) * 0.1
 
@@ -107,16 +109,28 @@ def test_patch_convolution_equals_xla_outputs_and_gradients(shape, k, stride, pa
         return jax.lax.conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)),
                                             dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
-    y0, y1 = ref(x, w), conv_patches(x, w, stride, pad)
-    assert y0.shape == y1.shape
+    y0, y1 = ref(x, w), conv_taps(x, w, stride, pad)
+    assert y0.shape == y1.shape and y1.dtype == y0.dtype
     np.testing.assert_allclose(y1, y0, rtol=1e-5, atol=1e-5 * float(jnp.abs(y0).max()))
     g0 = jax.grad(lambda x, w: jnp.sum(jnp.sin(ref(x, w))), argnums=(0, 1))(x, w)
-    g1 = jax.grad(lambda x, w: jnp.sum(jnp.sin(conv_patches(x, w, stride, pad))), argnums=(0, 1))(x, w)
+    g1 = jax.grad(lambda x, w: jnp.sum(jnp.sin(conv_taps(x, w, stride, pad))), argnums=(0, 1))(x, w)
     for a, b in zip(g1, g0):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
 
 
-def test_small_maps_use_patches_and_match_the_xla_path(monkeypatch):
+def test_tap_convolution_skips_taps_on_padding():
+    # A 3x3 kernel on a 2x2 map: 16 real (tap, pixel) pairs of 36, in three batched
+    # matmuls (corner, edge and centre taps), not nine.
+    from jaxcls.models.resnet import conv_taps
+    x, w = jnp.ones((2, 2, 2, 8)), jnp.ones((3, 3, 8, 4))
+    jaxpr = jax.make_jaxpr(lambda x, w: conv_taps(x, w, 1, 1))(x, w)
+    dots = [e for e in jaxpr.eqns if e.primitive.name == 'dot_general']
+    assert len(dots) == 3
+    assert sorted(e.invars[0].aval.shape[:2] for e in dots) == [(1, 8), (4, 2), (4, 4)]
+    assert float(conv_taps(x, w, 1, 1)[0, 0, 0, 0]) == 4 * 8   # 4 real taps x 8 channels
+
+
+def test_small_maps_use_taps_and_match_the_xla_path(monkeypatch):
     import jaxcls.models.resnet as R
     from jaxcls.models import winograd
     monkeypatch.setattr(winograd, 'WINOGRAD_MAX_PIXELS', 0)   # XLA's convolution elsewhere
