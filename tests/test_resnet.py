@@ -134,6 +134,7 @@ def test_small_maps_use_taps_and_match_the_xla_path(monkeypatch):
     import jaxcls.models.resnet as R
     from jaxcls.models import winograd
     monkeypatch.setattr(winograd, 'WINOGRAD_MAX_PIXELS', 0)   # XLA's convolution elsewhere
+    monkeypatch.setattr(winograd, 'WINOGRAD_INFERENCE_MAX_PIXELS', 0)
     module = ResNet((1, 1, 1, 1), 'basic', 3)
     v = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 64, 64, 3))   # layer4 runs on 2x2 maps
@@ -229,6 +230,24 @@ def test_cpu_rewrites_leave_the_model_s_outputs_gradients_and_statistics_unchang
     assert programs[0].count('reduce-window') < programs[1].count('reduce-window')
     assert programs[0].count(' convolution(') < programs[1].count(' convolution(')
     assert 'conditional' in programs[0] and 'conditional' not in programs[1]
+
+
+def test_a_forward_pass_alone_takes_winograd_to_64_channel_layers_too(monkeypatch):
+    # 32 px: layer1 runs 64 channels on 8x8 maps, layer2's second conv 128 on 4x4.
+    # Training keeps XLA's convolution for the first (compile time, no gain), inference
+    # (train=False, nothing to differentiate) runs both by Winograd; same outputs.
+    module = ResNet((1, 1), 'basic', 3)
+    v = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
+    infer = jax.jit(lambda v, x: module.apply(v, x))
+    train = jax.jit(lambda v, x: module.apply(v, x, train=True, mutable=['batch_stats'])[0])
+    # stem, layer2's stride-2 conv and its 1x1 downsample stay XLA convolutions either way
+    assert infer.lower(v, x).compile().as_text().count(' convolution(') == 3
+    assert train.lower(v, x).compile().as_text().count(' convolution(') == 5
+    import jaxcls.models.resnet as R
+    y = infer(v, x)
+    monkeypatch.setattr(R, 'CPU_REWRITES', False)
+    _close(y, jax.jit(lambda v, x: module.apply(v, x))(v, x))
 
 
 @pytest.mark.parametrize('stages, block', [((2, 2, 2, 2), 'basic'), ((3, 4, 6, 3), 'basic'),

@@ -286,7 +286,9 @@ class Conv(nn.Module):
     Uses a matmul per kernel tap for tiny output maps (see SMALL_MAP_PIXELS); under the CPU
     rewrites, Winograd's algorithm for 3x3 stride-1 convolutions on small float32 maps
     (see jaxcls.models.winograd); XLA's convolution otherwise. Same parameters and the
-    same function (to rounding) either way.
+    same function (to rounding) either way. `inference` (the model applied with
+    train=False) says no backward pass is expected, which changes only which of these
+    is fastest, never the result.
     """
 
     features: int
@@ -294,6 +296,7 @@ class Conv(nn.Module):
     stride: int = 1
     padding: int = 0
     dtype: Any = jnp.float32
+    inference: bool = False
 
     @nn.compact
     def __call__(self, x):
@@ -304,9 +307,8 @@ class Conv(nn.Module):
         wo = (x.shape[2] + 2 * self.padding - k) // self.stride + 1
         if ho * wo <= SMALL_MAP_PIXELS:
             return conv_taps(x, kernel, self.stride, self.padding)
-        if (k, self.stride, self.padding) == (3, 1, 1) and ho * wo <= winograd.WINOGRAD_MAX_PIXELS \
-                and x.shape[-1] >= winograd.WINOGRAD_MIN_CHANNELS and x.dtype == jnp.float32 \
-                and cpu_rewrites():
+        if (k, self.stride, self.padding) == (3, 1, 1) and x.dtype == jnp.float32 and cpu_rewrites() \
+                and winograd.applies(ho, wo, x.shape[-1], self.inference):
             return winograd.conv3x3(x, kernel)
         return _conv(x, kernel, self.stride, self.padding)
 
@@ -334,7 +336,7 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        conv = partial(Conv, dtype=self.dtype)
+        conv = partial(Conv, dtype=self.dtype, inference=not train)
         norm = partial(BatchNorm, not train, dtype=self.dtype)
         y = conv(self.features, 3, self.stride, 1, name='conv1')(x)
         y = nn.relu(norm(name='bn1')(y))
@@ -357,7 +359,7 @@ class Bottleneck(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        conv = partial(Conv, dtype=self.dtype)
+        conv = partial(Conv, dtype=self.dtype, inference=not train)
         norm = partial(BatchNorm, not train, dtype=self.dtype)
         y = conv(self.features, 1, 1, 0, name='conv1')(x)
         y = nn.relu(norm(name='bn1')(y))
@@ -416,7 +418,7 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False, bn_eval: Sequence[str] = ()):
         x = jnp.asarray(x, self.dtype)
-        x = Conv(64, 7, 2, 3, dtype=self.dtype, name='conv1')(x)
+        x = Conv(64, 7, 2, 3, dtype=self.dtype, inference=not train, name='conv1')(x)
         x = BatchNorm(not train or 'bn1' in bn_eval, dtype=self.dtype, name='bn1')(x)
         x = nn.relu(x)
         x = (max_pool(x, 3, 2, 1) if cpu_rewrites()

@@ -13,8 +13,10 @@ peak, so for ResNet layers with small maps this beats XLA's own convolution in b
 directions. Measured per layer on 2 cores, batch 32, forward + both gradients (ms,
 XLA's convolution -> this): 8x8 maps with 256 channels 36 -> 23, 4x4 with 512 41 -> 30,
 14x14 with 256 112 -> 86. In a whole ResNet34 training step the gain holds up to 28x28
-maps; on the 64-channel 32x32 and 56x56 maps it is a wash, so the model uses this for
-maps of at most WINOGRAD_MAX_PIXELS outputs (`python bench/bench_step.py` for steps).
+maps; on the 64-channel 32x32 and 56x56 maps it is a wash, so for training the model
+uses this for maps of at most WINOGRAD_MAX_PIXELS outputs with WINOGRAD_MIN_CHANNELS
+inputs, and for a forward pass alone on every ResNet34 map (`applies`;
+`python bench/bench_step.py` for whole steps).
 
 Numerics: every transform entry is exact in binary, and the products sum over the same
 channels, so results differ from `lax.conv_general_dilated` only by rounding order,
@@ -60,6 +62,23 @@ WINOGRAD_MAX_PIXELS = 784
 # costs 1-2.5 s (the 64 px step: 11.3-12.6 s with them, 9.2-11.5 s without, three runs
 # each in a slow hour); XLA compiles each distinct convolution shape once.
 WINOGRAD_MIN_CHANNELS = 128
+
+# A forward pass alone (inference, precompute: the model applied with train=False) has no
+# kernel gradients to pay for and compiles in ~2 s, so there Winograd also takes the
+# 64-channel layers and maps up to 56x56 (ResNet34's largest at 224 px). Frozen ResNet34
+# body, batch 32, A/B in one process, median ms (128-channel / 28x28 rule -> this one):
+# 64 px 111 -> 102, 128 px 348 -> 324, 224 px 1000 -> 962.
+WINOGRAD_INFERENCE_MAX_PIXELS = 3136
+WINOGRAD_INFERENCE_MIN_CHANNELS = 64
+
+
+def applies(height: int, width: int, channels: int, inference: bool) -> bool:
+    """Whether the model computes a 3x3 stride-1 convolution with `channels` inputs and a
+    height x width output by Winograd: on a training trace (inference=False), or a
+    forward-only one."""
+    if inference:
+        return height * width <= WINOGRAD_INFERENCE_MAX_PIXELS and channels >= WINOGRAD_INFERENCE_MIN_CHANNELS
+    return height * width <= WINOGRAD_MAX_PIXELS and channels >= WINOGRAD_MIN_CHANNELS
 
 
 def _combine(matrix: np.ndarray, xs: list) -> list:
