@@ -99,9 +99,11 @@ def test_bfloat16_compute_keeps_float32_params():
                                                 ((4, 1, 1, 64), 3, 1, 1), ((4, 2, 2, 16), 1, 1, 0),
                                                 ((3, 9, 7, 8), 3, 2, 1), ((2, 5, 5, 4), 7, 2, 3),
                                                 ((3, 2, 1, 8), 3, 1, 1), ((2, 1, 1, 4), 1, 2, 1)])
-def test_tap_convolution_equals_xla_outputs_and_gradients(shape, k, stride, pad):
+@pytest.mark.parametrize('how', ['taps', 'patches'])
+def test_small_map_convolutions_equal_xla_outputs_and_gradients(shape, k, stride, pad, how):
     # The last case has an output pixel whose window holds only padding.
-    from jaxcls.models.resnet import conv_taps
+    import jaxcls.models.resnet as R
+    conv = getattr(R, 'conv_' + how)
     x = jax.random.normal(jax.random.PRNGKey(0), shape)
     w = jax.random.normal(jax.random.PRNGKey(1), (k, k, shape[-1], 24)) * 0.1
 
@@ -109,11 +111,11 @@ def test_tap_convolution_equals_xla_outputs_and_gradients(shape, k, stride, pad)
         return jax.lax.conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)),
                                             dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
-    y0, y1 = ref(x, w), conv_taps(x, w, stride, pad)
+    y0, y1 = ref(x, w), conv(x, w, stride, pad)
     assert y0.shape == y1.shape and y1.dtype == y0.dtype
     np.testing.assert_allclose(y1, y0, rtol=1e-5, atol=1e-5 * float(jnp.abs(y0).max()))
     g0 = jax.grad(lambda x, w: jnp.sum(jnp.sin(ref(x, w))), argnums=(0, 1))(x, w)
-    g1 = jax.grad(lambda x, w: jnp.sum(jnp.sin(conv_taps(x, w, stride, pad))), argnums=(0, 1))(x, w)
+    g1 = jax.grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w, stride, pad))), argnums=(0, 1))(x, w)
     for a, b in zip(g1, g0):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
 
@@ -130,7 +132,9 @@ def test_tap_convolution_skips_taps_on_padding():
     assert float(conv_taps(x, w, 1, 1)[0, 0, 0, 0]) == 4 * 8   # 4 real taps x 8 channels
 
 
-def test_small_maps_use_taps_and_match_the_xla_path(monkeypatch):
+@pytest.mark.parametrize('train', [False, True])
+def test_small_maps_use_matmuls_and_match_the_xla_path(monkeypatch, train):
+    # Inference takes conv_patches, training conv_taps (a 2x2 layer4 at 64 px either way).
     import jaxcls.models.resnet as R
     from jaxcls.models import winograd
     monkeypatch.setattr(winograd, 'WINOGRAD_MAX_PIXELS', 0)   # XLA's convolution elsewhere
@@ -138,13 +142,14 @@ def test_small_maps_use_taps_and_match_the_xla_path(monkeypatch):
     module = ResNet((1, 1, 1, 1), 'basic', 3)
     v = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 64, 64, 3))   # layer4 runs on 2x2 maps
-    fast = module.apply(v, x)
-    hlo = jax.jit(module.apply).lower(v, x).compile().as_text()
+    apply = jax.jit(lambda v, x: module.apply(v, x, train=train, mutable=['batch_stats'])[0])
+    fast, hlo = apply(v, x), apply.lower(v, x).compile().as_text()
     monkeypatch.setattr(R, 'SMALL_MAP_PIXELS', 0)
-    plain = module.apply(v, x)
-    hlo_plain = jax.jit(module.apply).lower(v, x).compile().as_text()
+    apply = jax.jit(lambda v, x: module.apply(v, x, train=train, mutable=['batch_stats'])[0])
+    plain, hlo_plain = apply(v, x), apply.lower(v, x).compile().as_text()
     np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-5)
-    assert hlo.count(' convolution(') < hlo_plain.count(' convolution(')
+    assert hlo.count(' convolution(') == hlo_plain.count(' convolution(') - 3   # layer4's three 3x3s
+    assert ('lhs_batch_dims' in hlo) == train    # the taps' batched matmuls
 
 
 def _close(a, b):
