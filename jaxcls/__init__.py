@@ -1,25 +1,48 @@
 """jaxcls: the fast.ai lesson-1 image-classification workflow in JAX.
 
     from jaxcls import ImageClassifierData, ConvLearner, tfms_from_model, resnet34, transforms_side_on
+
+The names below are imported on first use (PEP 562), so `import jaxcls.cli` or
+`import jaxcls.hugepages` does not pay for jax and flax before it needs them.
 """
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = '0.1.0'
 
-from jaxcls.data.imagedata import ImageClassifierData, ImageDataset
-from jaxcls.data.transforms import (CropType, RandomDihedral, RandomFlip, RandomLighting,
-                                    RandomRotate, RandomZoom, tfms_from_model, tfms_from_stats,
-                                    transforms_basic, transforms_side_on, transforms_top_down)
-from jaxcls.models import resnet18, resnet34, resnet50
-from jaxcls.interpret import ClassificationInterpretation
-from jaxcls.train.callbacks import Callback, CSVLogger, TensorBoardLogger
-from jaxcls.train.learner import ConvLearner, TrainingDiverged
-from jaxcls.train.memory import OutOfDeviceMemory
-from jaxcls.train.metrics import accuracy, accuracy_thresh, fbeta
-from jaxcls.train.resume import ModelCheckpoint, ResumeMismatch, SaveBest
+# public name -> the module that defines it
+_HOME = {
+    'ImageClassifierData': 'jaxcls.data.imagedata', 'ImageDataset': 'jaxcls.data.imagedata',
+    **dict.fromkeys(['CropType', 'RandomDihedral', 'RandomFlip', 'RandomLighting', 'RandomRotate',
+                     'RandomZoom', 'tfms_from_model', 'tfms_from_stats', 'transforms_basic',
+                     'transforms_side_on', 'transforms_top_down'], 'jaxcls.data.transforms'),
+    **dict.fromkeys(['resnet18', 'resnet34', 'resnet50'], 'jaxcls.models'),
+    'ClassificationInterpretation': 'jaxcls.interpret',
+    **dict.fromkeys(['Callback', 'CSVLogger', 'TensorBoardLogger'], 'jaxcls.train.callbacks'),
+    'ConvLearner': 'jaxcls.train.learner', 'TrainingDiverged': 'jaxcls.train.learner',
+    'OutOfDeviceMemory': 'jaxcls.train.memory',
+    **dict.fromkeys(['accuracy', 'accuracy_thresh', 'fbeta'], 'jaxcls.train.metrics'),
+    **dict.fromkeys(['ModelCheckpoint', 'ResumeMismatch', 'SaveBest'], 'jaxcls.train.resume'),
+}
 
-__all__ = [
-    'CSVLogger', 'Callback', 'ClassificationInterpretation', 'ConvLearner', 'ModelCheckpoint',
-    'OutOfDeviceMemory', 'ResumeMismatch', 'SaveBest', 'TensorBoardLogger', 'CropType', 'ImageClassifierData', 'ImageDataset', 'RandomDihedral',
-    'RandomFlip', 'RandomLighting', 'RandomRotate', 'RandomZoom', 'TrainingDiverged', 'accuracy',
-    'accuracy_thresh', 'fbeta', 'resnet18', 'resnet34', 'resnet50', 'tfms_from_model',
-    'tfms_from_stats', 'transforms_basic', 'transforms_side_on', 'transforms_top_down',
-]
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOME:
+        value = getattr(importlib.import_module(_HOME[name]), name)
+    else:
+        try:                                   # a subpackage: jaxcls.models, jaxcls.data, ...
+            value = importlib.import_module(f'{__name__}.{name}')
+        except ModuleNotFoundError as e:
+            if e.name != f'{__name__}.{name}':
+                raise
+            raise AttributeError(f'module {__name__!r} has no attribute {name!r}') from None
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_HOME))
