@@ -15,9 +15,6 @@ torch sees one, synchronised after each step). Both train the same
 architecture with SGD (lr 0.01, momentum 0.9) on the same batch size, float32, random
 normalised images; the median step time of each repeat is kept and the median of repeats
 printed, with images/s and the ratio jaxcls / torch (> 1 means jaxcls is faster).
-Both processes run with glibc's huge-page tunable, as the `jaxcls` command does
-(jaxcls.hugepages: the script relaunches itself with it, and the torch worker inherits
-it); JAXCLS_HUGEPAGES=0 runs both without it.
 A second table times the frozen body's forward pass (precompute) the same way against
 torchvision's resnet34 body under no_grad.
 """
@@ -166,8 +163,6 @@ def main() -> None:
     ap.add_argument('--no-forward', action='store_true',
                     help="skip the frozen-body forward (precompute) table")
     args = ap.parse_args()
-    from jaxcls import hugepages
-    hugepages.relaunch()   # as the jaxcls command does; the torch worker inherits the setting
     import jax
     if args.bs is None:
         args.bs = 32 if jax.devices()[0].platform == 'cpu' else 256
@@ -188,8 +183,7 @@ def main() -> None:
     modes = ['eager'] + ([] if args.no_compile else ['compile'])
     print(f'ResNet34 training, batch {args.bs}, float32, SGD momentum 0.9; {os.cpu_count()} cores, '
           f'jax {jax.__version__} on {jax.devices()[0].platform}; load average '
-          f'{os.getloadavg()[0]:.1f}; median of {args.repeats} repeats x {args.steps} steps; '
-          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r} for both")
+          f'{os.getloadavg()[0]:.1f}; median of {args.repeats} repeats x {args.steps} steps')
     rows = []
     for sz in args.sizes:
         run, first, compile_s = jax_runner(sz, args.bs)

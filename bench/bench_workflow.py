@@ -120,16 +120,13 @@ def main() -> None:
     ap.add_argument('--sides', default='jaxcls,fastai', help='which to run (default both)')
     ap.add_argument('--torch-python', default=os.path.join('.venv-torch', 'bin', 'python'))
     args = ap.parse_args()
-    from jaxcls import hugepages
-    hugepages.relaunch()   # as the jaxcls command does; both sides' processes inherit it
     if args.data is None:
         from jaxcls.demo import build_digits, default_digits_dir
         args.data = build_digits(default_digits_dir())
     common = dict(data=os.path.abspath(args.data), arch=args.arch, sz=args.sz, bs=args.bs,
                   epochs=args.epochs)
     print(f'{args.arch} at {args.sz} px, batch {args.bs}, fine_tune({args.epochs}) from random '
-          f'weights on {args.data}; {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; '
-          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r} for both")
+          f'weights on {args.data}; {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}')
     results = {}
     sides = args.sides.split(',')
     if 'jaxcls' in sides:

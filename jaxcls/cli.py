@@ -595,13 +595,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
 
 
-def entry() -> None:
-    """The `jaxcls` console command: `main` in a process with huge pages for XLA's buffers
-    (jaxcls.hugepages relaunches it once where that helps)."""
-    from jaxcls import hugepages
-    hugepages.relaunch()
-    sys.exit(main())
-
-
 if __name__ == '__main__':
-    entry()
+    sys.exit(main())
