@@ -382,7 +382,7 @@ def test_head_only_step_after_precompute_leaves_the_body_out_and_matches_the_ful
     ref_state = state.replace(opt_state=set_group_hyperparams(
         state.opt_state, 'learning_rate', [jnp.float32(0.01)] * learn.n_groups))
     ref, ref_m = ref_step(ref_state, batch)
-    np.testing.assert_allclose(float(m['loss']), float(ref_m['loss']), rtol=1e-6)
+    np.testing.assert_allclose(float(m["loss"]), float(ref_m["loss"]), rtol=1e-5)  # two programs: summation order differs
     merged = learn._merged(new_live, state)
     for a, b in zip(jax.tree_util.tree_leaves((merged.params, merged.batch_stats, merged.opt_state)),
                     jax.tree_util.tree_leaves((ref.params, ref.batch_stats, ref.opt_state))):
