@@ -82,8 +82,8 @@ def test_pretrained_learner_loads_the_body_and_inits_only_the_head(tmp_path, mon
     monkeypatch.setattr(learner_mod, '_pretrained_variables',
                         lambda *a: calls.append(1) or real(*a))
     learn = ConvLearner.pretrained('resnet34', data, seed=3, quiet=True)
-    random = ConvLearner.pretrained('resnet34', data, seed=3, quiet=True, pretrained=False)
     assert calls == [1] and learn.pretrained_body
+    random = ConvLearner.pretrained('resnet34', data, seed=3, quiet=True, pretrained=False)
     file = load_pretrained('resnet34', include_fc=False)
     for col in ('params', 'batch_stats'):
         got = jax.tree_util.tree_leaves_with_path(learn.state.variables[col]['body'])

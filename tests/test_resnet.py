@@ -271,3 +271,48 @@ def test_written_down_shapes_are_what_init_makes(stages, block, num_classes):
     fmap = jax.eval_shape(lambda v: ResNet(stages, block, None).apply(v, jnp.zeros((1, 64, 64, 3))),
                           variable_shapes(stages, block, None))
     assert fmap.shape[-1] == out_channels(stages, block)
+
+
+def test_random_variables_draw_what_module_init_draws():
+    # Host-drawn ResNet variables: the tree module.init makes, and per leaf the distribution
+    # of the initialiser that module uses (checked against those initialisers' own draws).
+    from jaxcls.models.resnet import _torch_bias_init, conv_init, dense_init, random_variables
+    stages, ncls = (3, 4, 6, 3), 10
+    got = random_variables(stages, 'basic', ncls, jax.random.PRNGKey(3))
+    _, traced = _shapes('resnet34', ncls)
+    traced = {'params': traced['params'], 'batch_stats': traced['batch_stats']}
+    assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(traced)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(traced)):
+        assert (a.shape, a.dtype) == (b.shape, b.dtype)
+    p, s = got['params'], got['batch_stats']
+    k = jax.random.PRNGKey(0)
+    for path, shape in [(('conv1',), (7, 7, 3, 64)), (('layer3', '2', 'conv1'), (3, 3, 256, 256)),
+                        (('layer2', '0', 'downsample_0'), (1, 1, 64, 128))]:
+        a = p
+        for name in path:
+            a = a[name]
+        a = np.asarray(a['kernel'])
+        ref = np.asarray(conv_init(k, shape, jnp.float32))
+        want = np.sqrt(2.0 / (shape[0] * shape[1] * shape[3]))  # kaiming normal, fan_out
+        assert abs(a.std() / want - 1) < 0.05 and abs(ref.std() / want - 1) < 0.05, (path, a.std())
+        assert abs(a.mean()) < 0.1 * want
+    bound = 1 / np.sqrt(512)  # torch's nn.Linear, fan_in 512
+    fc_k, fc_b = np.asarray(p['fc']['kernel']), np.asarray(p['fc']['bias'])
+    ref_k = np.asarray(dense_init(k, (512, ncls), jnp.float32))
+    ref_b = np.asarray(_torch_bias_init(512)(k, (ncls,), jnp.float32))
+    for a in (fc_k, fc_b, ref_k, ref_b):
+        assert np.abs(a).max() <= bound
+    assert fc_k.max() > 0.9 * bound and fc_k.min() < -0.9 * bound and ref_k.max() > 0.9 * bound
+    np.testing.assert_array_equal(np.asarray(p['layer1']['0']['bn1']['scale']), np.ones(64))
+    np.testing.assert_array_equal(np.asarray(p['layer1']['0']['bn1']['bias']), np.zeros(64))
+    np.testing.assert_array_equal(np.asarray(s['bn1']['mean']), np.zeros(64))
+    np.testing.assert_array_equal(np.asarray(s['bn1']['var']), np.ones(64))
+    # One key, one set of values (a typed key too); another key, others.
+    again = random_variables(stages, 'basic', ncls, jax.random.key(3))
+    other = random_variables(stages, 'basic', ncls, jax.random.PRNGKey(4))
+    np.testing.assert_array_equal(np.asarray(again['params']['conv1']['kernel']),
+                                  np.asarray(p['conv1']['kernel']))
+    assert not np.array_equal(np.asarray(other['params']['conv1']['kernel']),
+                              np.asarray(p['conv1']['kernel']))
+    built = build('resnet34', ncls, key=jax.random.PRNGKey(3)).variables
+    np.testing.assert_array_equal(np.asarray(built['params']['fc']['kernel']), fc_k)

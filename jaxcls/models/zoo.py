@@ -7,10 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from .archs import arch_constructor, get_arch
-from .resnet import ResNet
-
-# Initialising at 64 px gives the same parameter shapes as 224 px at a fraction of the cost.
-_INIT_SIZE = 64
+from .resnet import ResNet, random_variables
 
 
 class Model(NamedTuple):
@@ -32,14 +29,12 @@ def build(arch: Any, num_classes: Optional[int] = 1000, pretrained: bool = False
         is looked up, then downloaded; offline, the error says where to put it).
       weights: explicit weight file path (implies pretrained).
       dtype: computation dtype, e.g. jnp.bfloat16; parameters are float32.
-      key: PRNG key for the random initialisation (default PRNGKey(0)).
+      key: PRNG key for the random initialisation (default PRNGKey(0)); see
+        `resnet.random_variables` for the distributions (torchvision's).
     """
     spec = get_arch(arch)
     module = ResNet(spec.stage_sizes, spec.block, num_classes, dtype)
-    key = jax.random.PRNGKey(0) if key is None else key
-    variables = jax.jit(lambda k: module.init(k, jnp.zeros((1, _INIT_SIZE, _INIT_SIZE, 3)),
-                                              train=False))(key)
-    variables = {'params': variables['params'], 'batch_stats': variables['batch_stats']}
+    variables = random_variables(spec.stage_sizes, spec.block, num_classes, key)
     if pretrained or weights is not None:
         from .weights import load_pretrained  # numpy-only file parsing, imported when needed
         loaded = load_pretrained(spec, weights, include_fc=num_classes == 1000)

@@ -33,7 +33,7 @@ from jaxcls.data import transforms as T
 from jaxcls.data.loader import DataLoader, replicate
 from jaxcls.models.archs import ArchSpec, get_arch
 from jaxcls.models.head import XTRA_FC, ConvNet, Head
-from jaxcls.models.resnet import ResNet, out_channels, variable_shapes
+from jaxcls.models.resnet import ResNet, out_channels, random_variables, variable_shapes
 from jaxcls.models.zoo import merge_variables
 
 from . import checkpoint as ckpt
@@ -82,8 +82,9 @@ def _with_body(state: TrainState, body: dict) -> TrainState:
 
 
 def _pretrained_variables(net: ConvNet, key: jax.Array, loaded: dict) -> Optional[dict]:
-    """The net's variables with the body from `loaded` and a freshly initialised head, without
-    ever initialising the body (its shapes come from `variable_shapes`, untraced). The head's
+    """The net's variables with the body from `loaded` (a weight file's, or `random_variables`
+    for pretrained=False) and a freshly initialised head, without ever running the body's
+    Flax init (its shapes come from `variable_shapes`, untraced). The head's
     values are the same as a whole-network init with `key` gives (Flax derives each module's
     key from its path). Random-initialising ResNet34's body only to overwrite it compiled for
     ~5 s on a 2-core CPU. None when `loaded` does not cover the whole body (the caller then
@@ -220,11 +221,12 @@ class ConvLearner:
             head, desc = custom_head, {'custom_head': type(custom_head).__name__}
         net = ConvNet(body, head, pool=custom_head is None)
         key = jax.random.PRNGKey(seed)
-        variables = None
         if pretrained or weights is not None:
             from jaxcls.models.weights import load_pretrained
             loaded = load_pretrained(spec, weights, include_fc=False)
-            variables = _pretrained_variables(net, key, loaded)
+        else:  # drawn on the host: jitting net.init for a random body compiled for 5-13 s
+            loaded = random_variables(body.stage_sizes, body.block, None, key)
+        variables = _pretrained_variables(net, key, loaded)
         if variables is None:
             variables = xla.jit(lambda k: net.init(
                 {'params': k, 'dropout': k}, jnp.zeros((1, _INIT_SIZE, _INIT_SIZE, 3))))(key)
