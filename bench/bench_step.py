@@ -37,6 +37,7 @@ def sync():
     if dev == 'cuda':
         torch.cuda.synchronize()
 models = {}
+print(json.dumps({'ready': True}), flush=True)
 for line in sys.stdin:
     req = json.loads(line)
     key = (req['sz'], req['mode'])
@@ -175,6 +176,9 @@ def main() -> None:
                  f'(or pass --torch-python)')
     worker = subprocess.Popen([args.torch_python, '-c', WORKER], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True, bufsize=1)
+    # torch's import takes seconds of CPU: wait for it, or it lands in jaxcls's compile time.
+    if not worker.stdout.readline():
+        sys.exit(f'the torch worker ({args.torch_python}) exited before it was ready')
 
     def ask(sz, mode, steps):
         worker.stdin.write(json.dumps({'sz': sz, 'bs': args.bs, 'mode': mode, 'steps': steps}) + '\n')
