@@ -504,7 +504,7 @@ def nvidia_smi() -> Optional[str]:
 # --------------------------------------------------------------------------------------
 
 def arch_spec(S: Sizes):
-    from jaxcls.models.archs import ArchSpec, get_arch
+    from jaxcls.archs import ArchSpec, get_arch
     if S.stages == (3, 4, 6, 3):
         return get_arch('resnet34')
     # The tests' tiny ResNet: one basic block per stage, ResNet34's channels.

@@ -30,7 +30,7 @@ import numpy as np
 from jaxcls import ConvLearner, ImageClassifierData, tfms_from_model
 from jaxcls.cam import _normalise, class_activation_map
 from jaxcls.data.transforms import val_transform
-from jaxcls.models.archs import ArchSpec
+from jaxcls.archs import ArchSpec
 
 # Four basic stages of one block each: small enough to train in seconds on a CPU. With
 # xtra_cut=2 the heatmap comes from the stride-8 stage, an 8x8 map at 64 px, so a

@@ -80,7 +80,7 @@ def _zoom(text: str) -> float:
 
 
 def _arch(text: str) -> str:
-    from jaxcls.models.archs import ARCHS
+    from jaxcls.archs import ARCHS
     if text not in ARCHS:
         raise argparse.ArgumentTypeError(f'unknown arch {text!r}; use one of {", ".join(sorted(ARCHS))}')
     return text
@@ -496,7 +496,7 @@ def _learner_for_checkpoint(model: str, path: str, valid_name: str, bs: int):
     path, so nothing is copied or linked into the dataset folder.
     """
     from jaxcls import ConvLearner, ImageClassifierData, tfms_from_model
-    from jaxcls.models.archs import ArchSpec
+    from jaxcls.archs import ArchSpec
     model, meta = _checkpoint_meta(model)
     path = _need_dir(path, 'dataset folder', f'pass the folder that holds {valid_name}/')
     head = meta['head']

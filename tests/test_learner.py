@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from jaxcls import ConvLearner, ImageClassifierData, tfms_from_model, transforms_side_on
-from jaxcls.models.archs import ArchSpec
+from jaxcls.archs import ArchSpec
 from jaxcls.train.callbacks import Callback
 from jaxcls.train.learner import TrainingDiverged
 from jaxcls.train.optim import get_group_hyperparams

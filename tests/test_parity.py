@@ -24,7 +24,7 @@ torchvision = pytest.importorskip('torchvision', reason='parity needs torchvisio
 safetensors_torch = pytest.importorskip('safetensors.torch', reason='parity needs safetensors')
 
 from jaxcls.models import weights as W  # noqa: E402
-from jaxcls.models.archs import get_arch  # noqa: E402
+from jaxcls.archs import get_arch  # noqa: E402
 from jaxcls.models.resnet import ResNet  # noqa: E402
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ from jaxcls.data.transforms import (
     TfmConfig, affine_matrix, apply_affine, aug_samples, augment, center_crop, denorm, lighting,
     sample_params, tfms_from_model, tfms_from_stats, transforms_basic, transforms_side_on,
     transforms_top_down, val_transform)
-from jaxcls.models.archs import IMAGENET_MEAN, IMAGENET_STD, get_arch
+from jaxcls.archs import IMAGENET_MEAN, IMAGENET_STD, get_arch
 
 STATS = ((0.5, 0.4, 0.3), (0.25, 0.2, 0.3))  # distinct per channel so a channel mix-up shows
 N_FREQ = 2000

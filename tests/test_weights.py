@@ -22,7 +22,7 @@ import pytest
 from flax import traverse_util
 
 from jaxcls.models import weights as W
-from jaxcls.models.archs import ArchSpec, WeightFile
+from jaxcls.archs import ArchSpec, WeightFile
 from jaxcls.models.resnet import ResNet
 
 FIXTURES = Path(__file__).parent / 'fixtures'

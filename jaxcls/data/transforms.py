@@ -72,7 +72,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcls.models.archs import IMAGENET_MEAN, IMAGENET_STD, get_arch
+from jaxcls.archs import IMAGENET_MEAN, IMAGENET_STD, get_arch
 
 __all__ = [
     'CropType', 'RandomRotate', 'RandomLighting', 'RandomFlip', 'RandomDihedral', 'RandomZoom',

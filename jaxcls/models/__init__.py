@@ -1,5 +1,5 @@
 """Flax ResNets that match torchvision, their per-arch facts, and the weight loader."""
-from .archs import ARCHS, ArchSpec, get_arch
+from jaxcls.archs import ARCHS, ArchSpec, get_arch
 from .resnet import ResNet
 from .zoo import Model, build, resnet18, resnet34, resnet50
 

@@ -35,7 +35,7 @@ from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 
-from jaxcls.models.archs import ARCHS, ArchSpec, WeightFile, get_arch
+from jaxcls.archs import ARCHS, ArchSpec, WeightFile, get_arch
 
 PathLike = Union[str, os.PathLike]
 

@@ -6,7 +6,7 @@ from typing import Any, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from .archs import arch_constructor, get_arch
+from jaxcls.archs import arch_constructor, get_arch
 from .resnet import ResNet, random_variables
 
 

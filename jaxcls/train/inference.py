@@ -16,7 +16,7 @@ import numpy as np
 from jaxcls import xla
 from jaxcls.data import transforms as T
 from jaxcls.data.decode import BadImageError, decode_image
-from jaxcls.models.archs import ArchSpec
+from jaxcls.archs import ArchSpec
 from jaxcls.models.head import ConvNet, Head
 from jaxcls.models.resnet import ResNet
 

@@ -31,7 +31,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxcls import compile_cache, xla
 from jaxcls.data import transforms as T
 from jaxcls.data.loader import DataLoader, replicate
-from jaxcls.models.archs import ArchSpec, get_arch
+from jaxcls.archs import ArchSpec, get_arch
 from jaxcls.models.head import XTRA_FC, ConvNet, Head
 from jaxcls.models.resnet import ResNet, out_channels, random_variables, variable_shapes
 from jaxcls.models.zoo import merge_variables
