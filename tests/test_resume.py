@@ -36,17 +36,15 @@ SCRIPT = textwrap.dedent('''
     from jaxcls import ConvLearner, ImageClassifierData, tfms_from_model, transforms_side_on
     from jaxcls.train.callbacks import Callback
     from jaxcls.train.resume import ModelCheckpoint
-    import jaxcls.models.resnet as R
-    # The plain model on one device as on two: the single-CPU-device rewrites (checked
-    # against it in test_resnet) add rounding of their own, which 4 steps of this tiny
-    # random net amplify past the two-device bounds below.
-    R.CPU_REWRITES = False
     args = json.loads(sys.argv[1])
     x, y = colour_square_arrays(60)
     tfms = tfms_from_model(TINY, 32, aug_tfms=transforms_side_on, max_zoom=1.1)
     data = ImageClassifierData.from_arrays(args['data'], (x[:40], y[:40]), (x[40:], y[40:]),
                                            bs=10, tfms=tfms, cache_size=36)
-    learn = ConvLearner.pretrained(TINY, data, pretrained=False, quiet=True)
+    # The plain kernels on one device as on two: the single-CPU-device rewrites (checked
+    # against them in tests/models/test_ops.py) add rounding of their own, which 4 steps of
+    # this tiny random net amplify past the two-device bounds below.
+    learn = ConvLearner.pretrained(TINY, data, pretrained=False, quiet=True, kernels='xla')
     ck = ModelCheckpoint(args['ckpt'], every_steps=3, keep=3)
 
     def leaves(state):

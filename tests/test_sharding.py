@@ -15,15 +15,13 @@ SCRIPT = textwrap.dedent('''
     sys.path.insert(0, {tests!r})
     from test_learner import TINY, colour_square_arrays
     from jaxcls import ConvLearner, ImageClassifierData, tfms_from_model, transforms_side_on
-    import jaxcls.models.resnet as R
-    # The same model arithmetic on one device as on eight: the single-CPU-device rewrites
-    # (checked against the plain model in test_resnet) would add rounding of their own.
-    R.CPU_REWRITES = False
     x, y = colour_square_arrays(40)
     tfms = tfms_from_model(TINY, 32, aug_tfms=transforms_side_on, max_zoom=1.1)
     data = ImageClassifierData.from_arrays({tmp!r}, (x[:32], y[:32]), (x[32:], y[32:]), bs=16,
                                            tfms=tfms, cache_size=36)
-    learn = ConvLearner.pretrained(TINY, data, pretrained=False, quiet=True)
+    # The plain kernels on one device as on eight: the single-CPU-device rewrites (checked
+    # against them in tests/models/test_ops.py) would add rounding of their own.
+    learn = ConvLearner.pretrained(TINY, data, pretrained=False, quiet=True, kernels='xla')
     learn.unfreeze()
     # 2 steps. Further on, a tiny random ResNet with batch statistics over 16 images is
     # chaotic: a 1e-6 relative nudge to its weights changes the loss by ~10% within 4 steps

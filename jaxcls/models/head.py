@@ -35,13 +35,15 @@ def concat_pool(x: jnp.ndarray) -> jnp.ndarray:
 class Head(nn.Module):
     """[BatchNorm, Dropout, Dense, ReLU] per extra layer, then [BatchNorm, Dropout, Dense(c)].
 
-    Takes pooled features (B, F), returns logits (B, c).
+    Takes pooled features (B, F), returns logits (B, c). `kernels` as in ResNet (how the
+    BatchNorms sum their batch statistics).
     """
 
     num_classes: int
     xtra_fc: Sequence[int] = XTRA_FC
     ps: Optional[Sequence[float]] = None
     dtype: Any = jnp.float32
+    kernels: str = 'xla'
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -52,7 +54,7 @@ class Head(nn.Module):
                              'give one dropout probability per layer')
         sizes = tuple(self.xtra_fc) + (self.num_classes,)
         for i, (p, n) in enumerate(zip(ps, sizes)):
-            x = BatchNorm(not train, dtype=self.dtype, name=f'bn{i}')(x)
+            x = BatchNorm(not train, dtype=self.dtype, kernels=self.kernels, name=f'bn{i}')(x)
             if p:
                 x = nn.Dropout(p, deterministic=not train)(x)
             x = nn.Dense(n, kernel_init=head_dense_init, bias_init=nn.initializers.zeros,

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcls.archs import arch_constructor, get_arch
+from . import ops
 from .resnet import ResNet, random_variables
 
 
@@ -18,7 +19,8 @@ class Model(NamedTuple):
 
 
 def build(arch: Any, num_classes: Optional[int] = 1000, pretrained: bool = False,
-          weights: Any = None, dtype: Any = jnp.float32, key: Optional[jax.Array] = None) -> Model:
+          weights: Any = None, dtype: Any = jnp.float32, key: Optional[jax.Array] = None,
+          kernels: str = 'auto') -> Model:
     """Build `arch` with random or pretrained variables.
 
     Args:
@@ -31,9 +33,11 @@ def build(arch: Any, num_classes: Optional[int] = 1000, pretrained: bool = False
       dtype: computation dtype, e.g. jnp.bfloat16; parameters are float32.
       key: PRNG key for the random initialisation (default PRNGKey(0)); see
         `resnet.random_variables` for the distributions (torchvision's).
+      kernels: 'auto' (default: 'cpu' on a single CPU device, else 'xla'), 'xla' or 'cpu';
+        see jaxcls.models.ops. Fixed in the returned module.
     """
     spec = get_arch(arch)
-    module = ResNet(spec.stage_sizes, spec.block, num_classes, dtype)
+    module = ResNet(spec.stage_sizes, spec.block, num_classes, dtype, ops.resolve(kernels))
     variables = random_variables(spec.stage_sizes, spec.block, num_classes, key)
     if pretrained or weights is not None:
         from .weights import load_pretrained  # numpy-only file parsing, imported when needed

@@ -17,6 +17,7 @@ from jaxcls import xla
 from jaxcls.data import transforms as T
 from jaxcls.data.decode import BadImageError, decode_image
 from jaxcls.archs import ArchSpec
+from jaxcls.models import ops
 from jaxcls.models.head import ConvNet, Head
 from jaxcls.models.resnet import ResNet
 
@@ -43,8 +44,9 @@ class Predictor:
             model.apply(var, T.val_transform(x, self.tfm)).astype(jnp.float32)))
 
     @classmethod
-    def load(cls, folder: str) -> 'Predictor':
-        """Rebuild the network described by the checkpoint's metadata and restore its weights."""
+    def load(cls, folder: str, kernels: str = 'auto') -> 'Predictor':
+        """Rebuild the network described by the checkpoint's metadata and restore its weights
+        (`kernels` as in `jaxcls.models.build`)."""
         folder = os.fspath(folder)
         meta = ckpt.load_meta(folder)
         missing = [k for k in ('arch_spec', 'val_tfms', 'cache_size', 'classes', 'head') if k not in meta]
@@ -56,9 +58,10 @@ class Predictor:
             raise ValueError(f'{folder} has a custom head ({head["custom_head"]}); rebuild the '
                              'learner with it and use learn.load(name) instead')
         spec = ArchSpec.from_json(meta['arch_spec'])
-        body = ResNet(tuple(meta['stages']), spec.block, None)
+        kernels = ops.resolve(kernels)
+        body = ResNet(tuple(meta['stages']), spec.block, None, kernels=kernels)
         net = ConvNet(body, Head(meta['c'], tuple(head['xtra_fc']),
-                                 None if head['ps'] is None else tuple(head['ps'])))
+                                 None if head['ps'] is None else tuple(head['ps']), kernels=kernels))
         shapes = jax.eval_shape(lambda: net.init({'params': jax.random.PRNGKey(0),
                                                   'dropout': jax.random.PRNGKey(0)},
                                                  jnp.zeros((1, 64, 64, 3))))

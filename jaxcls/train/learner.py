@@ -34,6 +34,7 @@ from jaxcls.data.loader import DataLoader, replicate
 from jaxcls.archs import ArchSpec, get_arch
 from jaxcls.models.head import XTRA_FC, ConvNet, Head
 from jaxcls.models.resnet import ResNet, out_channels, random_variables, variable_shapes
+from jaxcls.models import ops
 from jaxcls.models.zoo import merge_variables
 
 from . import checkpoint as ckpt
@@ -167,7 +168,8 @@ class ConvLearner:
                    bn_frozen: str = 'eval', weights: Any = None, seed: int = 0,
                    metrics: Optional[Sequence[Callable]] = None, quiet: bool = False,
                    precompute_aug: int = 0, bs: Any = None,
-                   mem_budget: Optional[int] = None, dtype: Any = None) -> 'ConvLearner':
+                   mem_budget: Optional[int] = None, dtype: Any = None,
+                   kernels: str = 'auto') -> 'ConvLearner':
         """A learner with an ImageNet-pretrained body (`pretrained=False`: random) and a new head.
 
         Args:
@@ -196,6 +198,9 @@ class ConvLearner:
           dtype: computation dtype, 'float32' (default) or 'bfloat16' (as `half()`;
             parameters and BatchNorm statistics stay float32). Set here, precompute runs
             its forward passes in that dtype from the start.
+          kernels: 'auto' (default: 'cpu' when the data's mesh is one CPU device, else 'xla'),
+            'xla' or 'cpu': how the network's layers are computed (jaxcls.models.ops); the
+            same function either way, fixed for this learner.
         """
         compile_cache.enable()  # the second run of a script loads its compiled steps
         if dtype is not None:
@@ -212,10 +217,11 @@ class ConvLearner:
         if not 1 <= n_stages <= len(spec.stage_sizes):
             raise ValueError(f'xtra_cut={xtra_cut}: {spec.name} has {len(spec.stage_sizes)} stages; '
                              f'use 0 to {len(spec.stage_sizes) - 1}')
-        body = ResNet(tuple(spec.stage_sizes[:n_stages]), spec.block, None)
+        kernels = ops.resolve(kernels, list(data.trn_dl.mesh.devices.flat))
+        body = ResNet(tuple(spec.stage_sizes[:n_stages]), spec.block, None, kernels=kernels)
         if custom_head is None:
             xtra = tuple(XTRA_FC if xtra_fc is None else xtra_fc)
-            head = Head(data.c, xtra, None if ps is None else tuple(ps))
+            head = Head(data.c, xtra, None if ps is None else tuple(ps), kernels=kernels)
             desc = {'xtra_fc': list(xtra), 'ps': None if ps is None else list(ps)}
         else:
             head, desc = custom_head, {'custom_head': type(custom_head).__name__}

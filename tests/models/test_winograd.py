@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcls.models import winograd
+from jaxcls.models.ops import winograd
 
 
 def _lax_conv(x, w):

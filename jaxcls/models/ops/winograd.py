@@ -10,18 +10,13 @@ Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks" (2015), sectio
 
 On a CPU the 16 products are one batched matmul, which XLA runs near the machine's
 peak, so for ResNet layers with small maps this beats XLA's own convolution in both
-directions. Measured per layer on 2 cores, batch 32, forward + both gradients (ms,
-XLA's convolution -> this): 8x8 maps with 256 channels 36 -> 23, 4x4 with 512 41 -> 30,
-14x14 with 256 112 -> 86. In a whole ResNet34 training step the gain holds up to 28x28
-maps; on the 64-channel 32x32 and 56x56 maps it is a wash, so for training the model
-uses this for maps of at most WINOGRAD_MAX_PIXELS outputs with WINOGRAD_MIN_CHANNELS
-inputs, and for a forward pass alone on every ResNet34 map (`applies`;
-`python bench/bench_step.py` for whole steps).
+directions; `applies` says on which maps the 'cpu' kernels use it (per-layer and whole-step
+timings: bench/README.md, "Notes on the model and the kernels"; `python bench/bench_step.py`).
 
 Numerics: every transform entry is exact in binary, and the products sum over the same
 channels, so results differ from `lax.conv_general_dilated` only by rounding order,
-about 1e-6 relative in float32 (tests/test_winograd.py checks outputs and both
-gradients to 1e-5).
+about 1e-6 relative in float32 (tests/models/test_winograd.py checks outputs
+and both gradients to 1e-5).
 
 The backward pass is written out (a custom VJP): the input gradient is the same
 algorithm run backwards, and the kernel gradient is 16 products in the transform
@@ -47,27 +42,14 @@ B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.f
 G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float32)
 A_T = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)
 
-# Use Winograd for output maps up to this many pixels (28x28). Whole ResNet34 steps on
-# 2 cores, batch 32, XLA's convolutions on larger maps either way (A/B in one process):
-# at 224 px, Winograd up to 16x16 4140 ms, up to 28x28 3784, up to 56x56 no better;
-# at 128 px, adding the 32x32 maps 1316 -> 1336 ms. Forward only at 224 px: 1195 ->
-# 1107 ms with the 28x28 maps. Runs here vary by 5-8%.
+# Training uses Winograd on output maps of at most 28x28 pixels (on larger maps a whole
+# ResNet34 step gains nothing; `python bench/bench_step.py`, A/B runs in bench/README.md) ...
 WINOGRAD_MAX_PIXELS = 784
-
-# ... and only with at least this many input channels. The 16 products are matmuls whose
-# inner dimension is the channel count, and with 64 channels XLA:CPU runs them at about a
-# third of the speed it reaches with 256 (64 vs 200 GFLOP/s). ResNet34's 64-channel
-# layers on 16x16 maps (64 px images) gain little or nothing (a step with and without
-# them, three A/B runs: 429 vs 458, 535 vs 532, 426 vs 460 ms), while compiling them
-# costs 1-2.5 s (the 64 px step: 11.3-12.6 s with them, 9.2-11.5 s without, three runs
-# each in a slow hour); XLA compiles each distinct convolution shape once.
+# ... with at least 128 input channels (64-channel products run at a third of the speed, and
+# compiling those layers cost 1-2.5 s for no gain; bench/README.md).
 WINOGRAD_MIN_CHANNELS = 128
-
-# A forward pass alone (inference, precompute: the model applied with train=False) has no
-# kernel gradients to pay for and compiles in ~2 s, so there Winograd also takes the
-# 64-channel layers and maps up to 56x56 (ResNet34's largest at 224 px). Frozen ResNet34
-# body, batch 32, A/B in one process, median ms (128-channel / 28x28 rule -> this one):
-# 64 px 111 -> 102, 128 px 348 -> 324, 224 px 1000 -> 962.
+# A forward pass alone has no kernel gradients to pay for: every ResNet34 map up to 56x56,
+# 64 channels included, is faster by Winograd (`python bench/bench_forward.py`).
 WINOGRAD_INFERENCE_MAX_PIXELS = 3136
 WINOGRAD_INFERENCE_MIN_CHANNELS = 64
 
