@@ -48,14 +48,12 @@ def main() -> None:
     ap.add_argument('--arch', default='resnet18', choices=['resnet18', 'resnet34', 'resnet50'])
     ap.add_argument('--sz', type=int, default=32)
     ap.add_argument('--bs', type=int, default=64)
-    # fine_tune(5): 1 frozen + 5 unfrozen epochs; both sides end near 95% on the digits.
+    # fine_tune(5) (1 frozen + 5 unfrozen epochs): where both sides end near 95% on the digits.
     ap.add_argument('--epochs', type=int, default=5)
-    # Each side's base_lr is the best of a small sweep on the digits (final accuracy after
-    # fine_tune(5)): jaxcls SGD 0.05 -> 94.7%, 0.1 -> 96.9%; fastai Adam 2e-3 (its default)
-    # -> 94.7%, 5e-3 -> 96.4%, 1e-2 -> 96.7% but later to 93%.
+    # Each side's best of a sweep (bench/README.md), measured by --lr-jaxcls X / --lr-fastai X.
     ap.add_argument('--lr-jaxcls', type=float, default=0.1, help="jaxcls's base_lr (SGD)")
     ap.add_argument('--lr-fastai', type=float, default=5e-3, help="fastai's base_lr (Adam)")
-    # Both sides end near 95% after fine_tune(5) from random weights; 93% is on the way there.
+    # On the way to the ~95% both sides end at after fine_tune(5) from random weights.
     ap.add_argument('--target', type=float, default=0.93)
     ap.add_argument('--budget', type=float, default=60.0, help='seconds')
     ap.add_argument('--sides', default='jaxcls,fastai', help='which to run (default both)')
