@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_decode import make_jpegs, plain_loop  # noqa: E402
+from timing import machine, median_seconds  # noqa: E402
 
 from jaxcls.data.decode import decode_files, default_cache_size  # noqa: E402
 from jaxcls.data.transforms import augment, tfms_from_model, transforms_side_on  # noqa: E402
@@ -33,15 +33,6 @@ from jaxcls.models import resnet34  # noqa: E402
 from jaxcls.train.optim import sgd  # noqa: E402
 from jaxcls.train.state import create_train_state  # noqa: E402
 from jaxcls.train.steps import make_train_step  # noqa: E402
-
-
-def median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -55,12 +46,12 @@ def main() -> None:
     size = default_cache_size(args.sz)
     tmp = tempfile.mkdtemp(prefix='jaxcls-bench-data-')
     names = [f'imgs/{f}' for f in make_jpegs(os.path.join(tmp, 'imgs'), args.n, 500, 375)]
-    print(f'{args.n} JPEGs 500x375, cache {size}px, sz {args.sz}, batch {args.bs}, {cores} cores, '
-          f'load average {os.getloadavg()[0]:.1f}, jax {jax.__version__} on {jax.devices()[0].platform}')
+    print(f'{args.n} JPEGs 500x375, cache {size}px, sz {args.sz}, batch {args.bs}, {machine()}, '
+          f'jax {jax.__version__} on {jax.devices()[0].platform}')
 
     pn = min(args.n, 300)
-    plain = pn / median_time(lambda: plain_loop(tmp, names[:pn], size), args.repeats)
-    ours = args.n / median_time(lambda: decode_files(names, tmp, size, cache_dir=None,
+    plain = pn / median_seconds(lambda: plain_loop(tmp, names[:pn], size), args.repeats)
+    ours = args.n / median_seconds(lambda: decode_files(names, tmp, size, cache_dir=None,
                                                      quiet=True), args.repeats)
     print('\n1. decode (images/s)')
     print(f'   plain Pillow loop, 1 thread       {plain:8.0f}   ({plain:.0f} per core)')
@@ -74,7 +65,7 @@ def main() -> None:
     xb = jax.device_put(x)
     keys = iter(jax.random.split(jax.random.PRNGKey(0), 100))
     aug(next(keys), xb, trn).block_until_ready()
-    t_aug = median_time(lambda: aug(next(keys), xb, trn).block_until_ready(), args.repeats + 2)
+    t_aug = median_seconds(lambda: aug(next(keys), xb, trn).block_until_ready(), args.repeats + 2)
 
     module, variables = resnet34(num_classes=2)
     state = create_train_state(module.apply, variables, sgd(0.01))
@@ -89,7 +80,7 @@ def main() -> None:
     t0 = time.perf_counter()
     run()
     compile_s = time.perf_counter() - t0
-    t_step = median_time(run, args.repeats)
+    t_step = median_seconds(run, args.repeats)
     print(f'\n2. augmentation vs ResNet34 train step (batch {args.bs}, {args.sz}px, median)')
     print(f'   augment (jitted)                  {t_aug * 1e3:8.1f} ms')
     print(f'   ResNet34 train step               {t_step * 1e3:8.1f} ms   (first call incl. compile '

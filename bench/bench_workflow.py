@@ -16,80 +16,21 @@ validation accuracy are recorded; the table gives
   - the accuracy of the last epoch finished within `--budget` seconds.
 
 jaxcls runs twice, in fresh processes: 'cold' with an empty compilation cache and 'warm'
-reusing it (the second run of a script). fastai runs in the torch venv (`--torch-python`,
-default .venv-torch/bin/python), made with:
+reusing it (the second run of a script). Each side is a script of its own:
+bench/sides/jaxcls_workflow.py (with this checkout on PYTHONPATH) and
+bench/peers/fastai_workflow.py, which runs in the torch venv (`--torch-python`, default
+.venv-torch/bin/python), made with:
 
     python3 -m venv .venv-torch && .venv-torch/bin/pip install torch==2.14.1 torchvision==0.29.1 fastai
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
 
-FASTAI = r'''
-import json, os, sys, time
-a = json.loads(sys.argv[1])
-import torch
-torch.set_num_threads(os.cpu_count())
-torch.manual_seed(0)
-from fastai.vision.all import (ImageDataLoaders, Resize, aug_transforms, vision_learner, accuracy,
-                               resnet18, resnet34, resnet50, Callback)
-import fastai
-arch = {'resnet18': resnet18, 'resnet34': resnet34, 'resnet50': resnet50}[a['arch']]
-t0 = time.perf_counter()
-dls = ImageDataLoaders.from_folder(a['data'], train='train', valid='valid', bs=a['bs'],
-                                   item_tfms=Resize(a['sz']), num_workers=0,
-                                   batch_tfms=aug_transforms(size=a['sz'], do_flip=False,
-                                                             max_zoom=1.1))
-learn = vision_learner(dls, arch, pretrained=False, metrics=accuracy)
-learn.remove_cb(learn.cbs.filter(lambda c: type(c).__name__ == 'ProgressCallback')[0])
-t_setup = time.perf_counter() - t0
-epochs = []
-class Clock(Callback):
-    order = 100   # after the Recorder has the epoch's metrics
-    def after_epoch(self):
-        acc = float(self.learn.recorder.values[-1][-1])
-        epochs.append((time.perf_counter() - t0, acc))
-learn.fine_tune(a['epochs'], a['lr'], cbs=[Clock()])
-print(json.dumps({'setup': t_setup, 'epochs': epochs, 'version': 'fastai ' + fastai.__version__
-                  + ', torch ' + torch.__version__}))
-'''
-
-JAXCLS = r'''
-import json, os, sys, time
-a = json.loads(sys.argv[1])
-import jax
-from jaxcls import ConvLearner, ImageClassifierData, tfms_from_model
-from jaxcls.data.transforms import transforms_basic
-from jaxcls.train.callbacks import Callback
-from jaxcls.models import archs
-arch = archs.get_arch(a['arch'])
-t0 = time.perf_counter()
-data = ImageClassifierData.from_paths(a['data'], bs=a['bs'], quiet=True,
-                                      tfms=tfms_from_model(arch, a['sz'], aug_tfms=transforms_basic,
-                                                           max_zoom=1.1))
-learn = ConvLearner.pretrained(arch, data, pretrained=False, quiet=True)
-t_setup = time.perf_counter() - t0
-epochs = []
-class Clock(Callback):
-    def on_epoch_end(self, learner, epoch, logs):
-        epochs.append((time.perf_counter() - t0, float(logs['accuracy'])))
-learn.fine_tune(a['epochs'], a['lr'], callbacks=[Clock()])
-print(json.dumps({'setup': t_setup, 'epochs': epochs, 'version': 'jaxcls, jax ' + jax.__version__}))
-'''
-
-
-def run(python: str, code: str, args: dict, env: dict | None = None) -> dict:
-    out = subprocess.run([python, '-c', code, json.dumps(args)], capture_output=True, text=True,
-                         env={**os.environ, **(env or {})})
-    if out.returncode != 0:
-        return {'error': out.stderr.strip().splitlines()[-1] if out.stderr.strip() else
-                f'exit status {out.returncode}'}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+from timing import machine, run_once, script, with_checkout
 
 
 def summarise(r: dict, target: float, budget: float) -> tuple[str, str]:
@@ -107,14 +48,12 @@ def main() -> None:
     ap.add_argument('--arch', default='resnet18', choices=['resnet18', 'resnet34', 'resnet50'])
     ap.add_argument('--sz', type=int, default=32)
     ap.add_argument('--bs', type=int, default=64)
-    # fine_tune(5): 1 frozen + 5 unfrozen epochs; both sides end near 95% on the digits.
+    # fine_tune(5) (1 frozen + 5 unfrozen epochs): where both sides end near 95% on the digits.
     ap.add_argument('--epochs', type=int, default=5)
-    # Each side's base_lr is the best of a small sweep on the digits (final accuracy after
-    # fine_tune(5)): jaxcls SGD 0.05 -> 94.7%, 0.1 -> 96.9%; fastai Adam 2e-3 (its default)
-    # -> 94.7%, 5e-3 -> 96.4%, 1e-2 -> 96.7% but later to 93%.
+    # Each side's best of a sweep (bench/README.md), measured by --lr-jaxcls X / --lr-fastai X.
     ap.add_argument('--lr-jaxcls', type=float, default=0.1, help="jaxcls's base_lr (SGD)")
     ap.add_argument('--lr-fastai', type=float, default=5e-3, help="fastai's base_lr (Adam)")
-    # Both sides end near 95% after fine_tune(5) from random weights; 93% is on the way there.
+    # On the way to the ~95% both sides end at after fine_tune(5) from random weights.
     ap.add_argument('--target', type=float, default=0.93)
     ap.add_argument('--budget', type=float, default=60.0, help='seconds')
     ap.add_argument('--sides', default='jaxcls,fastai', help='which to run (default both)')
@@ -126,18 +65,20 @@ def main() -> None:
     common = dict(data=os.path.abspath(args.data), arch=args.arch, sz=args.sz, bs=args.bs,
                   epochs=args.epochs)
     print(f'{args.arch} at {args.sz} px, batch {args.bs}, fine_tune({args.epochs}) from random '
-          f'weights on {args.data}; {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}')
+          f'weights on {args.data}; {machine()}')
     results = {}
     sides = args.sides.split(',')
     if 'jaxcls' in sides:
         with tempfile.TemporaryDirectory() as cache:
-            env = {'JAXCLS_COMPILATION_CACHE': cache}
+            env = with_checkout({'JAXCLS_COMPILATION_CACHE': cache})
             for run_name in ('jaxcls (cold cache)', 'jaxcls (warm cache)'):
-                results[run_name] = run(sys.executable, JAXCLS, {**common, 'lr': args.lr_jaxcls}, env)
+                results[run_name] = run_once(sys.executable, script('sides', 'jaxcls_workflow.py'),
+                                             {**common, 'lr': args.lr_jaxcls}, env)
     if 'fastai' not in sides:
         pass
     elif os.path.exists(args.torch_python):
-        results['fastai 2'] = run(args.torch_python, FASTAI, {**common, 'lr': args.lr_fastai})
+        results['fastai 2'] = run_once(args.torch_python, script('peers', 'fastai_workflow.py'),
+                                       {**common, 'lr': args.lr_fastai})
     else:
         results['fastai 2'] = {'error': f'no torch venv at {args.torch_python}; see the docstring '
                                         'for how to make one, or pass --torch-python'}

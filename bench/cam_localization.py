@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcls import ConvLearner, ImageClassifierData, tfms_from_model
-from jaxcls.cam import _normalise, class_activation_map
+from jaxcls.cam import class_activation_map
 from jaxcls.data.transforms import val_transform
 from jaxcls.archs import ArchSpec
 
@@ -37,6 +37,12 @@ from jaxcls.archs import ArchSpec
 # 24 px square spans three cells.
 ARCH = ArchSpec('resnet_tiny', 'basic', (1, 1, 1, 1), 512)
 COLOURS = np.array([[255, 40, 40], [40, 255, 40], [40, 40, 255], [255, 255, 255]], np.uint8)
+
+
+def normalise(h: jax.Array) -> jax.Array:
+    """Each map to [0, 1] as jaxcls normalises its own heatmaps (an all-zero map stays zero)."""
+    top = jnp.max(h, axis=(-2, -1), keepdims=True)
+    return jnp.where(top > 0, h / jnp.where(top > 0, top, 1.0), 0.0)
 
 
 def squares(n: int, sz: int, side: int, task: str, noise: float = 0.5, seed: int = 0):
@@ -86,7 +92,7 @@ def measure(task: str, sz: int = 64, side: int = 24, n_train: int = 1200, n_vali
     ok = learn.predict().argmax(-1) == yv
     x = val_transform(jnp.asarray(data.val_ds.x), data.tfms[1])
     low, up = class_activation_map(learn.model, learn.state.variables, x, jnp.asarray(yv))
-    plain = _normalise(jnp.clip(jax.image.resize(low, up.shape, method='linear'), 0, None))
+    plain = normalise(jnp.clip(jax.image.resize(low, up.shape, method='linear'), 0, None))
     inside = mass_inside(np.asarray(up)[ok], cv[ok], side)
     inside_plain = mass_inside(np.asarray(plain)[ok], cv[ok], side)
     first = int(np.flatnonzero(ok)[0]) if ok.any() else 0
