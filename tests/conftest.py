@@ -1,8 +1,12 @@
 """Shared test setup: small, deterministic, CPU-only."""
 import os
+import sys
 import tempfile
 
 import jax
+
+# Test files in subfolders import the shared helpers of tests/ (make_folder, TINY, ...) by name.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 # Tests never download: make any hub lookup fail fast instead of hanging on the network.
 os.environ.setdefault('JAXCLS_OFFLINE', '1')

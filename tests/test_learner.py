@@ -110,7 +110,7 @@ def test_sgdr_rates_equal_fastai_and_one_step_compiles_per_configuration(data):
     learn.lr_find()
     learn.fit([1e-3, 1e-3, 3e-3], 1)
     learn.fit(5e-3, 2, cycle_len=2)
-    train_fns = [f for k, f in learn._fns.items() if k[0] == 'train']
+    train_fns = [f for k, f in learn.steps.compiled.items() if k[0] == 'train']
     assert len(train_fns) == 1 and train_fns[0]._cache_size() == 1
     learn.precompute = False
     learn.fit(1e-2, 1)
@@ -118,7 +118,7 @@ def test_sgdr_rates_equal_fastai_and_one_step_compiles_per_configuration(data):
     learn.unfreeze()
     learn.fit(np.array([1e-4, 1e-3, 1e-2]), 1)
     learn.lr_find(num_it=5)
-    train_fns = {k[1:3]: f for k, f in learn._fns.items() if k[0] == 'train'}
+    train_fns = {k[1:3]: f for k, f in learn.steps.compiled.items() if k[0] == 'train'}
     # (head only, precompute), (head only, images), (everything, images): one compile each.
     assert sorted(train_fns) == [((False, False, True), False), ((False, False, True), True),
                                  ((True, True, True), False)]
@@ -361,29 +361,30 @@ def test_multilabel_uses_sigmoid(tmp_path):
     assert learn.history[-1]['accuracy_thresh'] > 0.7
 
 
-def test_head_only_step_after_precompute_leaves_the_body_out_and_matches_the_full_step(data):
-    # The compiled step after precompute takes the state without the frozen body; one
-    # step must still equal the plain full-state train step, to float rounding.
+def test_head_only_step_after_precompute_trains_the_head_s_own_state_as_the_full_step_would(data):
+    # After precompute the compiled step takes the network's state without the body
+    # (state.head_state): none of the frozen body's arrays cross the call. One step of it
+    # must equal the plain full-network train step with the body frozen, to float rounding,
+    # and with_head puts the result back, momentum included.
     from jaxcls.models.head import ConvNet
-    from jaxcls.train.optim import set_group_hyperparams
+    from jaxcls.train.optim import hparams
+    from jaxcls.train.state import head_state, with_head
     from jaxcls.train.steps import make_train_step
     learn = learner(data, precompute=True)
     learn.fit(0.01, 1)  # features computed, optimizer state with momentum
     state = learn._place(jax.tree_util.tree_map(jnp.copy, learn.state))
-    live = learn._live(state)
-    assert 'body' not in live.params and 'body' not in live.batch_stats
-    n_all, n_live = (len(jax.tree_util.tree_leaves(t)) for t in (state, live))
-    assert n_live < n_all / 2, (n_live, n_all)
+    head = head_state(state, learn.steps.tx(head=True))
+    assert set(head.params) == {'head'} and set(head.batch_stats) == {'head'}
+    n_all, n_head = (len(jax.tree_util.tree_leaves(t)) for t in (state, head))
+    assert n_head < n_all / 2, (n_head, n_all)
     batch = next(iter(learn._train_loader(learn.epoch)))
-    lrs, mom = learn._rates(np.full(learn.n_groups, 0.01, np.float32), 0.9)
-    new_live, m = learn._fn('train')(jax.tree_util.tree_map(jnp.copy, live), batch, lrs, mom)
+    hp = hparams(0.01, n_groups=learn.n_groups)
+    new_head, m = learn.steps.get('train')(jax.tree_util.tree_map(jnp.copy, head), batch, hp)
     frozen = jax.tree_util.tree_map(lambda g: not learn.trainable[g], learn.labels)
     ref_step = jax.jit(make_train_step(learn.loss, None, frozen, {'method': ConvNet.head_only}))
-    ref_state = state.replace(opt_state=set_group_hyperparams(
-        state.opt_state, 'learning_rate', [jnp.float32(0.01)] * learn.n_groups))
-    ref, ref_m = ref_step(ref_state, batch)
+    ref, ref_m = ref_step(state, batch, hp)
     np.testing.assert_allclose(float(m["loss"]), float(ref_m["loss"]), rtol=1e-5)  # two programs: summation order differs
-    merged = learn._merged(new_live, state)
+    merged = with_head(state, new_head)
     # Rounding scales with an array's magnitude, not each element's: an element that is a
     # near-cancelling sum (measured: 1.0103e-5 vs 0.9995e-5 in a momentum buffer whose
     # largest element is 0.36) differs by more than 1e-5 of itself. So the absolute bound is
@@ -391,8 +392,9 @@ def test_head_only_step_after_precompute_leaves_the_body_out_and_matches_the_ful
     # moves elements by a sizeable part of that magnitude.
     for a, b in zip(jax.tree_util.tree_leaves((merged.params, merged.batch_stats, merged.opt_state)),
                     jax.tree_util.tree_leaves((ref.params, ref.batch_stats, ref.opt_state))):
-        b = np.asarray(b)   # the bound test_resnet and test_winograd use
+        b = np.asarray(b)   # the bound tests/models/test_ops.py and test_winograd.py use
         np.testing.assert_allclose(np.asarray(a), b, rtol=1e-5, atol=1e-5 * float(np.abs(b).max()))
+    assert jax.tree_util.tree_structure(merged.opt_state) == jax.tree_util.tree_structure(ref.opt_state)
     assert merged.params['body'] is state.params['body']  # untouched, not even copied
     assert int(merged.step) == int(ref.step)
 
@@ -403,13 +405,13 @@ def test_body_digest_is_remembered_until_the_body_changes(data, monkeypatch):
     calls = []
     real = pre.tree_digest
     monkeypatch.setattr(pre, 'tree_digest', lambda t: calls.append(1) or real(t))
-    d1 = learn._body_digest()  # computed (and remembered) when the features were made
+    d1 = learn._features.body_digest()  # computed (and remembered) when the features were made
     assert calls == [] and d1 == real({'params': learn.state.params['body'],
                                        'batch_stats': learn.state.batch_stats['body']})
     learn.fit(0.01, 1)  # validates after the epoch: asks for the digest again
-    assert learn._body_digest() == d1 and calls == []
+    assert learn._features.body_digest() == d1 and calls == []
     body = learn.state.params['body']
     first = next(iter(body))
     changed = {**body, first: jax.tree_util.tree_map(lambda a: a + 1, body[first])}
     learn.state = learn.state.replace(params={**learn.state.params, 'body': changed})
-    assert learn._body_digest() != d1 and len(calls) == 1
+    assert learn._features.body_digest() != d1 and len(calls) == 1

@@ -71,16 +71,15 @@ def test_pretrained_learner_loads_the_body_and_inits_only_the_head(tmp_path, mon
     import jax
     from jaxcls import ConvLearner, ImageClassifierData, tfms_from_model
     from jaxcls.models.weights import load_pretrained
-    from jaxcls.train import learner as learner_mod
+    from jaxcls.models import convnet as convnet_mod
     PATH = make_folder(tmp_path / 'dogscats', n_train=6, n_valid=4)
     (tmp_path / 'weights').mkdir()
     write_resnet34_weights(tmp_path / 'weights')
     monkeypatch.setenv('JAXCLS_WEIGHTS', str(tmp_path / 'weights'))
     data = ImageClassifierData.from_paths(PATH, tfms=tfms_from_model('resnet34', 32), quiet=True)
     calls = []
-    real = learner_mod._pretrained_variables
-    monkeypatch.setattr(learner_mod, '_pretrained_variables',
-                        lambda *a: calls.append(1) or real(*a))
+    real = convnet_mod._with_head
+    monkeypatch.setattr(convnet_mod, '_with_head', lambda *a: calls.append(1) or real(*a))
     learn = ConvLearner.pretrained('resnet34', data, seed=3, quiet=True)
     assert calls == [1] and learn.pretrained_body
     random = ConvLearner.pretrained('resnet34', data, seed=3, quiet=True, pretrained=False)

@@ -77,12 +77,12 @@ def test_pretrained_bs_auto_judges_the_unfrozen_step_and_uses_the_choice(data):
 
 
 def _failing(learn, message):
-    real = learn._fn
+    real = learn.steps.get
 
     def boom(*args, **kwargs):
         raise jax.errors.JaxRuntimeError(message)
 
-    learn._fn = lambda kind, **kw: boom if kind == 'train' else real(kind, **kw)
+    learn.steps.get = lambda kind: boom if kind == 'train' else real(kind)
 
 
 def test_out_of_memory_names_the_batch_size_and_the_fix(data):

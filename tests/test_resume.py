@@ -227,8 +227,8 @@ def test_resume_with_other_arguments_is_refused_and_a_done_fit_is_not_rerun(data
                        jax.tree_util.tree_leaves(learn.state.params))
     assert again.sched.losses == learn.sched.losses
     np.testing.assert_array_equal(again.predict(), learn.predict())
-    train_fns = [f for k, f in again._fns.items() if k[0] == 'train']
-    assert [f._cache_size() for f in train_fns] == [0]   # not a single training step
+    train_fns = [f for k, f in again.steps.compiled.items() if k[0] == 'train']
+    assert all(f._cache_size() == 0 for f in train_fns)   # not a single training step
     # A later fit of the same sequence continues the run in the same folder.
     again.fit(0.05, 1, checkpoint=ModelCheckpoint(folder))
     assert complete_steps(folder) == [3, 6, 9] and int(again.state.step) == 9
@@ -247,7 +247,7 @@ def test_save_best_keeps_the_n_best_by_val_loss(data, tmp_path):
     # Restoring the best puts its weights back: predictions give its val_loss.
     record = best.restore(learn)
     assert int(learn.state.step) == best.best_step() and record['step'] == best.best_step()
-    assert learn._validate()['val_loss'] == pytest.approx(losses[best.best_step()], rel=1e-6)
+    assert learn.validate()['val_loss'] == pytest.approx(losses[best.best_step()], rel=1e-6)
     # Into a learner with other trainable groups: everything but the optimizer state.
     params = jax.tree_util.tree_map(np.array, learn.state.params)
     other = learner(data, seed=5)

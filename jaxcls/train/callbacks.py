@@ -1,15 +1,20 @@
-"""Host-side observers of training, and the Recorder behind `learn.sched`.
+"""Host-side observers of the training loop (jaxcls.train.loop), and the Recorder behind `learn.sched`.
 
-Callbacks never run inside `jit` and never reach into a step: they see the
-learner and plain Python numbers. Any hook may return True to stop training
-after the current batch (on_batch_end) or epoch (on_epoch_end). During a fit
-`learner.state` is the state after the latest step and `learner.progress`
-(jaxcls.train.resume.Progress) says where the fit is (step, iteration, data
-epoch, batch); both are updated every step without waiting for the device.
-The checkpoint callbacks (ModelCheckpoint, SaveBest) live in jaxcls.train.resume.
+Callbacks never run inside `jit` and never reach into a step: they see the loop (its
+state, metrics and position) and plain Python numbers. The loop's own machinery is made
+of them: `LossRecorder` (the loss EMA and `learn.sched`), `ProgressBar`, `DivergenceGuard`;
+the checkpoint callbacks (ModelCheckpoint, SaveBest) live in jaxcls.train.resume, the
+learner's validation and epoch table in jaxcls.train.fit.
+
+A callback overrides loop events (`before_fit(loop)`, `before_epoch`, `before_batch`,
+`after_batch`, `after_train`, `after_epoch`, `after_fit`, `on_abort(loop, error)`), or
+fastai 0.7's learner hooks below, which the events call by default. Returning True from a
+hook stops the fit after the current batch (`on_batch_end`) or epoch (the others).
 """
 from __future__ import annotations
 
+import math
+import sys
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -18,14 +23,44 @@ import numpy as np
 LOSS_EMA = 0.98
 
 
-class Callback:
-    """Base class: override the hooks you need. Returning True from a hook stops the fit.
+class TrainingDiverged(FloatingPointError):
+    """The training loss stopped being a finite number."""
 
-    `on_epoch_end` gets plain numbers (epoch, trn_loss, val_loss, metrics, time). In
-    `on_batch_end`, logs['loss'] is the step's loss as a device array, not yet synchronised:
-    calling float() on it waits for that step, so read it only when you need it.
+
+class Callback:
+    """Base class: override the events or hooks you need. Returning True from one stops the fit.
+
+    During a fit `learner.state` is the state after the latest step and `learner.progress`
+    is the running loop (its step, iteration, data epoch, batch); both are current at every
+    hook without waiting for the device. `on_epoch_end` gets plain numbers (epoch, trn_loss,
+    val_loss, metrics, time). In `on_batch_end`, logs['loss'] is the step's loss as a device
+    array, not yet synchronised: calling float() on it waits for that step.
+
+    `order` places a callback among the others (lower runs first; the loop's own run below 50).
     """
 
+    order = 50
+
+    # ---- loop events (jaxcls.train.loop): by default they call the learner hooks below
+    def before_fit(self, loop) -> Optional[bool]:
+        return self.on_train_begin(loop.learner)
+
+    def before_epoch(self, loop) -> Optional[bool]:
+        return self.on_epoch_begin(loop.learner, loop.epoch)
+
+    def after_batch(self, loop) -> Optional[bool]:
+        return self.on_batch_end(loop.learner, loop.iteration, {'loss': loop.metrics['loss']})
+
+    def after_epoch(self, loop) -> Optional[bool]:
+        return self.on_epoch_end(loop.learner, loop.logs['epoch'], loop.logs)
+
+    def after_fit(self, loop) -> None:
+        self.on_train_end(loop.learner)
+
+    def on_abort(self, loop, error: BaseException) -> None:
+        self.on_train_abort(loop.learner, error)
+
+    # ---- fastai 0.7-style hooks on the learner
     def on_train_begin(self, learner) -> Optional[bool]: ...
     def on_epoch_begin(self, learner, epoch: int) -> Optional[bool]: ...
     def on_batch_end(self, learner, iteration: int, logs: dict) -> Optional[bool]: ...
@@ -101,6 +136,123 @@ class Recorder:
 
     def __repr__(self) -> str:
         return f'Recorder({self.kind}, {len(self.losses)} iterations)'
+
+
+class LossRecorder(Callback):
+    """The fit's loss EMA and `learn.sched`: raw losses are kept on the device during an epoch
+    and smoothed at its end (nothing waits for a step), then recorded with the rates.
+
+    Attributes: rec (the Recorder), ema (average, count) at the start of the unfinished
+    epoch, losses / its (raw losses and schedule rows of the unfinished epoch).
+    """
+
+    order = 10
+
+    def __init__(self, rec: Optional['Recorder'] = None, ema: tuple = (0.0, 0),
+                 losses: Sequence = (), its: Sequence[int] = ()):
+        self.rec = Recorder('fit') if rec is None else rec
+        self.ema, self.losses, self.its = ema, list(losses), list(its)
+
+    def before_fit(self, loop):
+        loop.recorder = self
+
+    def after_batch(self, loop):
+        self.losses.append(loop.metrics['loss'])
+        self.its.append(loop.last_iteration)
+
+    def after_train(self, loop):
+        import jax.numpy as jnp
+        raw = np.asarray(jnp.stack(self.losses)) if self.losses else np.zeros(0)
+        smoothed, self.ema = smooth(raw, start=self.ema)
+        its = np.asarray(self.its, np.int64)
+        self.rec.record(loop.schedule.lr[its, -1], smoothed, loop.schedule.momentum[its, -1])
+        loop.logs['trn_loss'] = float(smoothed[-1]) if len(smoothed) else math.nan
+        self.losses, self.its = [], []
+
+    def after_epoch(self, loop):
+        self.rec.epochs = loop.hist
+
+
+
+
+class ProgressBar(Callback):
+    """A tqdm bar per epoch (`total=None`), or one bar of `total` steps over the whole fit."""
+
+    order = 20
+
+    def __init__(self, total: Optional[int] = None, desc: str = 'epoch'):
+        self.total, self.desc, self.bar = total, desc, None
+
+    def _open(self, total: int, desc: str):
+        if total > 0:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, desc=desc, leave=False, file=sys.stdout)
+
+    def before_fit(self, loop):
+        if self.total is not None:
+            self._open(self.total, self.desc)
+
+    def before_epoch(self, loop):
+        if self.total is None:
+            self._open(loop.batches - loop.batch, f'{self.desc} {loop.fit_epoch + 1}/{loop.epochs}')
+
+    def after_batch(self, loop):
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def after_train(self, loop):
+        if self.total is None:
+            self._close()
+
+
+    def after_fit(self, loop):
+        self._close()
+
+    def on_abort(self, loop, error):
+        self._close()
+
+    def _close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class DivergenceGuard(Callback):
+    """Raise TrainingDiverged when a step's loss is not finite.
+
+    Each loss is read one step late, while the next step runs, so no step waits for it; a
+    step with a non-finite loss left the state unchanged (`skip_nonfinite`), so the model
+    keeps its last finite parameters.
+    """
+
+    order = 0
+
+    def __init__(self):
+        self.pending = None
+
+    def before_fit(self, loop):
+        self.pending = None
+
+    def after_batch(self, loop):
+        prev, self.pending = self.pending, (loop.metrics['loss'], loop.last_iteration)
+        self._check(loop, prev)
+
+    def after_train(self, loop):
+        prev, self.pending = self.pending, None
+        self._check(loop, prev)
+
+
+
+
+    @staticmethod
+    def _check(loop, prev):
+        if prev is None or math.isfinite(float(prev[0])):
+            return
+        lrs = ', '.join(f'{v:.3g}' for v in np.asarray(loop.schedule.lr[prev[1]], np.float64))
+        raise TrainingDiverged(
+            f'the training loss became {float(prev[0])} at iteration {prev[1]} (epoch '
+            f'{loop.epoch}, learning rates [{lrs}]); the model keeps its last finite '
+            'parameters. Run learn.lr_find() and pick a lower rate.')
 
 
 class CSVLogger(Callback):

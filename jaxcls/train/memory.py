@@ -9,6 +9,7 @@ anything of that size is allocated. The learner uses them for `bs='auto'`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from typing import Any, Callable, Optional
@@ -108,3 +109,77 @@ def choose_batch_size(need: Callable[[int], int], start: int, budget: int, multi
 def is_out_of_memory(error: BaseException) -> bool:
     """An XLA RESOURCE_EXHAUSTED error (a failed device allocation)."""
     return isinstance(error, jax.errors.JaxRuntimeError) and 'RESOURCE_EXHAUSTED' in str(error)
+
+
+def oom_message(learn, what: str, err: BaseException) -> str:
+    """What a learner's out-of-memory error says: the batch size, a smaller one, how to set it."""
+    bs = int(learn.data.bs)
+    ndev = learn.data.trn_dl.mesh.shape['data']
+    lower = max(ndev, bs // 2 // ndev * ndev)
+    first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+    return (f'out of device memory {what} with bs={bs} (sz={learn.data.sz}, {ndev} device(s), '
+            f'layer groups trainable {list(learn.trainable)}, precompute={learn.precompute}). '
+            f'Use a smaller batch: learn.set_bs({lower}), or build the data with bs={lower} '
+            f"(ImageClassifierData.from_paths(PATH, bs={lower}, ...)), or let "
+            f"ConvLearner.pretrained(..., bs='auto') pick one that fits. XLA said: {first}")
+
+
+@contextlib.contextmanager
+def guard(learn, what: str):
+    """Turn an XLA out-of-memory error inside the block into OutOfDeviceMemory (`oom_message`)."""
+    try:
+        yield
+    except Exception as err:
+        if is_out_of_memory(err):
+            raise OutOfDeviceMemory(oom_message(learn, what, err)) from err
+        raise
+
+
+def learner_step_bytes(learn, bs: int, unfrozen: bool = True) -> int:
+    """Bytes per device a learner's training step needs at batch size `bs`, from XLA's memory
+    analysis of the compiled step (compiled, not run). See `ConvLearner.step_memory`."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    trainable = (True,) * learn.n_groups if unfrozen else learn.trainable
+    precompute = False if unfrozen else learn.precompute
+    dl = learn.data.trn_dl
+    rep, shard = NamedSharding(dl.mesh, P()), NamedSharding(dl.mesh, P('data'))
+    with configured(learn, trainable, precompute):
+        fn = learn.steps.get('train')
+        state = jax.eval_shape(lambda s: learn.steps.fit_view(s.with_tx(learn.steps.tx())), learn.state)
+        state = jax.tree_util.tree_map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), state)
+        if precompute:
+            learn._features.ensure()
+            x = learn._features['train_aug0' if learn.precompute_aug else 'train']
+            image = jax.ShapeDtypeStruct((bs,) + tuple(x.shape[1:]), x.dtype, sharding=shard)
+        else:
+            x = learn.data.trn_ds.x
+            image = jax.ShapeDtypeStruct((bs,) + tuple(x.shape[1:]), 'uint8', sharding=shard)
+        y = dl.y
+        batch = {'image': image,
+                 'label': jax.ShapeDtypeStruct((bs,) + tuple(y.shape[1:]), y.dtype, sharding=shard),
+                 'mask': jax.ShapeDtypeStruct((bs,), 'float32', sharding=shard)}
+        group = jax.ShapeDtypeStruct((learn.n_groups,), 'float32', sharding=rep)
+        from .optim import HParams
+        return step_bytes(fn.lower(state, batch, HParams(group, group, group)).compile())
+
+
+@contextlib.contextmanager
+def configured(learn, trainable: tuple, precompute: bool):
+    """The learner with these layer groups trainable and precompute set, within the block."""
+    was = learn.trainable, learn._precompute
+    learn.trainable, learn._precompute = tuple(trainable), bool(precompute)
+    try:
+        yield
+    finally:
+        learn.trainable, learn._precompute = was
+
+
+def learner_auto_bs(learn, start: Optional[int], budget: Optional[int], unfrozen: bool
+                    ) -> BatchSizeChoice:
+    """`ConvLearner.auto_bs`'s choice: `choose_batch_size` over `learner_step_bytes`."""
+    mesh = learn.data.trn_dl.mesh
+    budget = device_budget(mesh.devices.flat[0]) if budget is None else int(budget)
+    return choose_batch_size(lambda b: learner_step_bytes(learn, b, unfrozen),
+                             learn.data.bs if start is None else int(start), budget,
+                             mesh.shape['data'])

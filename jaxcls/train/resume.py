@@ -28,7 +28,6 @@ in flight, and a fit waits for the last one before it returns (or raises).
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import warnings
@@ -40,7 +39,7 @@ import orbax.checkpoint as ocp
 
 from .callbacks import Callback
 
-__all__ = ['ModelCheckpoint', 'SaveBest', 'ResumeMismatch', 'Progress', 'STATE_KEYS']
+__all__ = ['ModelCheckpoint', 'SaveBest', 'ResumeMismatch', 'STATE_KEYS']
 
 RECORD_VERSION = 1
 STATE_KEYS = ('params', 'batch_stats', 'opt_state', 'step', 'rng')
@@ -51,39 +50,6 @@ _ARG_KEYS = ('kind', 'lrs', 'n_cycle', 'cycle_len', 'cycle_mult', 'wds', 'epochs
 
 class ResumeMismatch(ValueError):
     """`resume=True` on a fit whose arguments or setup differ from the checkpointed fit's."""
-
-
-@dataclasses.dataclass
-class Progress:
-    """Where the running fit is; the learner updates it after every step (host values only:
-    no device sync), and checkpoint callbacks read it together with `learner.state`.
-
-    Attributes:
-      fit: the fit's description (see the module docstring); `fit['fit_index']` is which
-        fit of the learner's sequence this is (0 for the first `fit`/`fit_one_cycle` call).
-      step: the global optimizer step (`learner.state.step`) after the last step.
-      iteration: steps of this fit done (the next index into its rate table).
-      fit_epoch: epochs of this fit completed.
-      epoch: the data epoch being trained (`learner.epoch`; it fixes the batch order).
-      batch: batches of that epoch done.
-      batches: batches per epoch.
-      losses, its: raw losses (device scalars) and iterations of the unfinished epoch.
-      ema: the loss EMA (average, count) at the start of the unfinished epoch.
-      hist: per-epoch logs of this fit so far.
-      done: the fit has run its last epoch.
-    """
-    fit: dict
-    step: int
-    iteration: int
-    fit_epoch: int
-    epoch: int
-    batch: int
-    batches: int
-    losses: list
-    its: list
-    ema: tuple
-    hist: list
-    done: bool = False
 
 
 def _handlers() -> dict:
@@ -245,7 +211,8 @@ class ModelCheckpoint(Callback):
         checkpoint of this step exists already (it holds the same values)."""
         p = learner.progress
         if p is None:
-            raise ValueError('ModelCheckpoint.save runs during a fit (it reads learner.progress); '
+            raise ValueError('ModelCheckpoint.save runs during a fit (it reads learner.progress, '
+                             'the running loop); '
                              'use learn.save(name) to save a model outside one')
         step = int(p.step)
         mngr = self.manager
@@ -254,13 +221,13 @@ class ModelCheckpoint(Callback):
             if self._done.get(step, True) or not p.done:
                 return False
             mngr.delete(step)  # the fit was stopped early here: re-save it marked complete
-        record = learner.checkpoint_record()
+        rec = record(learner)
         mngr.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state_arrays(learner.state)),
-            meta=ocp.args.JsonSave(learner._meta()),
-            progress=ocp.args.JsonSave(record)), metrics=metrics, force=True)
+            meta=ocp.args.JsonSave(learner.describe()),
+            progress=ocp.args.JsonSave(rec)), metrics=metrics, force=True)
         self.saved.append(step)
-        self._done[step] = bool(record['done'])
+        self._done[step] = bool(rec['done'])
         return True
 
     # -------------------------------------------------------------- hooks
@@ -374,63 +341,34 @@ class SaveBest(ModelCheckpoint):
         return learner.restore_checkpoint(self, int(step))
 
 
-def resume_source(checkpoint: Any, callbacks: list) -> Optional[ModelCheckpoint]:
-    """The ModelCheckpoint a resumed fit continues from: `checkpoint`, else the first resumable
-    ModelCheckpoint among the callbacks."""
-    if checkpoint is not None and getattr(checkpoint, 'resume_source', False):
-        return checkpoint
-    for cb in callbacks:
-        if isinstance(cb, ModelCheckpoint) and cb.resume_source:
-            return cb
-    return None
+def _jsonable(x: Any) -> Any:
+    """Logs as plain JSON values (numpy scalars to Python numbers)."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.integer, np.bool_)):
+        return x.item()
+    if isinstance(x, (np.floating, np.ndarray, jax.Array)):
+        return np.asarray(x).item() if np.ndim(x) == 0 else np.asarray(x).tolist()
+    return x
 
 
-def find_resume_point(ck: ModelCheckpoint, fit_index: int, desc: dict, target: Any
-                      ) -> tuple[str, Optional[int], Optional[dict], Optional[dict]]:
-    """What a fit with resume=True does: ('fresh' | 'skip' | 'restore', step, record, state).
-
-    'skip': the checkpointed run got past this fit (it is complete); 'restore': the newest
-    readable checkpoint belongs to this fit, and its state arrays are restored onto
-    `target` (a TrainState-like dict of arrays with the shardings to restore onto); 'fresh':
-    there is no checkpoint, or it predates this fit (the learner already holds its state).
-    Raises ResumeMismatch when the checkpoint is this fit's but the fit is described differently.
-    """
-    steps = ck.steps()
-    errors, state_errors = [], []
-    for step in reversed(steps):
-        try:
-            record = ck.read_record(step)
-        except Exception as e:
-            errors.append(f'step {step}: {e}')
-            continue
-        if record.get('version') != RECORD_VERSION or 'fit' not in record:
-            raise ResumeMismatch(f'{ck.directory}/{step} was not written by ModelCheckpoint '
-                                 f'(record version {record.get("version")}); use another folder')
-        saved_index = int(record['fit']['fit_index'])
-        if saved_index != fit_index and state_errors:
-            raise RuntimeError(f'the checkpoints of fit #{fit_index} in {ck.directory} cannot be '
-                               'restored: ' + '; '.join(state_errors))
-        if saved_index > fit_index:
-            return 'skip', step, record, None
-        if saved_index < fit_index:
-            return 'fresh', step, record, None
-        if record['fit'] != desc:
-            raise ResumeMismatch(
-                f"cannot resume fit #{fit_index} from {ck.directory}/{step}: it was written by a fit "
-                f"with {_fmt_fit(record['fit'])}, and this call differs ({describe_mismatch(record['fit'], desc)}). "
-                'Call fit with the arguments (and the data, bs and trainable layer groups) of the '
-                'interrupted run to continue it, or resume=False with an empty checkpoint folder '
-                'to start over.')
-        try:
-            return 'restore', step, record, ck.read_state(step, target)
-        except Exception as e:  # arrays unreadable: an earlier checkpoint of this fit will do
-            errors.append(f'step {step}: {e}')
-            state_errors.append(f'step {step}: {e}')
-            warnings.warn(f'checkpoint {ck.directory}/{step} cannot be restored ({e}); '
-                          'trying an earlier one')
-    if state_errors or (steps and len(errors) == len(steps)):
-        raise RuntimeError(f'no checkpoint in {ck.directory} can be read: ' + '; '.join(errors))
-    return 'fresh', None, None, None
+def record(learner) -> dict:
+    """What a checkpoint stores besides the arrays (JSON), read off the running loop
+    (`learner.progress`) and its LossRecorder."""
+    p = learner.progress
+    loss = p.recorder
+    rec = loss.rec
+    return {'version': RECORD_VERSION, 'run': learner.run_id, 'fit': p.desc, 'step': int(p.step),
+            'iteration': int(p.iteration), 'fit_epoch': int(p.fit_epoch),
+            'epoch': int(p.epoch), 'batch': int(p.batch), 'batches': int(p.batches),
+            'losses': record_floats(loss.losses), 'its': [int(v) for v in loss.its],
+            'ema': [float(loss.ema[0]), int(loss.ema[1])], 'hist': _jsonable(p.hist),
+            'done': bool(p.done), 'history': _jsonable(learner.history),
+            'history_fits': list(learner._history_fits),
+            'sched': {'lrs': list(rec.lrs), 'losses': list(rec.losses),
+                      'moms': list(rec.moms), 'iterations': list(rec.iterations)}}
 
 
 def record_floats(values: Any) -> list[float]:

@@ -3,6 +3,10 @@
 Each returns `schedule(step) -> value` built from jnp, so it runs under `jit` or is
 evaluated once per fit into a table. SGDR and the range test return a *factor*
 that multiplies the per-layer-group rates, as fastai's schedulers did.
+
+`fit_schedule`, `one_cycle_schedule` and `lr_find_schedule` lay a whole fit out as an
+`HParams` table (one row of per-group rate, momentum and weight decay per iteration): the
+tables `learn.fit`, `fit_one_cycle` and `lr_find` run, for a loop of your own.
 """
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ from typing import Callable
 
 import jax.numpy as jnp
 import numpy as np
+
+from .optim import MOMENTUM as MOMENTUM_DEFAULT, HParams
 
 Schedule = Callable[[jnp.ndarray], jnp.ndarray]
 
@@ -133,3 +139,69 @@ def table(schedule: Schedule, n: int) -> np.ndarray:
     """The schedule's first n values as a float32 numpy array (evaluated once, on the host)."""
     import jax
     return np.asarray(jax.vmap(schedule)(jnp.arange(n)), np.float32)
+
+
+def hparams_table(lr: np.ndarray, momentum=MOMENTUM_DEFAULT, weight_decay=0.0) -> HParams:
+    """An HParams table, one row per iteration, one column per layer group (float32): what
+    `jaxcls.train.loop.Loop` feeds a train step row by row.
+
+    Args:
+      lr: (iterations, groups) rates.
+      momentum: one value, one per iteration (iterations,), or (iterations, groups).
+      weight_decay: one value, or one per group (groups,).
+
+    >>> hparams_table(np.ones((4, 3)) * 1e-2, weight_decay=[0, 0, 1e-4]).weight_decay.shape
+    (4, 3)
+    """
+    lr = np.asarray(lr, np.float32)
+    if lr.ndim != 2:
+        raise ValueError(f'lr must be (iterations, layer groups); got shape {lr.shape}')
+    mom = np.asarray(momentum, np.float32)
+    mom = mom[:, None] if mom.ndim == 1 else mom
+    wd = np.asarray(weight_decay, np.float32)
+    return HParams(lr, np.broadcast_to(mom, lr.shape).copy(), np.broadcast_to(wd, lr.shape).copy())
+
+
+def fit_schedule(lrs, n_cycle: int, batches_per_epoch: int, cycle_len: int | None = None,
+                 cycle_mult: int = 1, wds=0.0) -> tuple[int, HParams]:
+    """(epochs, HParams table) of fastai 0.7's `fit(lrs, n_cycle, wds, cycle_len, cycle_mult)`:
+    constant rates for n_cycle epochs, or SGDR cycles of cycle_len epochs (`sgdr`), momentum
+    0.9 throughout. `lrs` and `wds` hold one value per layer group.
+
+    >>> epochs, hp = fit_schedule([1e-4, 1e-3, 1e-2], 3, 5, cycle_len=1, cycle_mult=2)
+    >>> epochs, hp.lr.shape
+    (7, (35, 3))
+    """
+    lrs = np.atleast_1d(np.asarray(lrs, np.float64))
+    nb = int(batches_per_epoch)
+    if cycle_len:
+        epochs = sgdr_epochs(n_cycle, cycle_len, cycle_mult)
+        factor = table(sgdr(int(cycle_len) * nb, int(cycle_mult)), epochs * nb)
+    else:
+        epochs = int(n_cycle)
+        factor = np.ones(epochs * nb, np.float32)
+    return epochs, hparams_table(factor[:, None].astype(np.float64) * lrs[None, :],
+                                 MOMENTUM_DEFAULT, np.broadcast_to(np.asarray(wds, np.float32), lrs.shape))
+
+
+def one_cycle_schedule(epochs: int, batches_per_epoch: int, lr_max, pct_start: float = PCT_START,
+                       div: float = DIV, div_final: float = DIV_FINAL, moms=MOMS,
+                       wds=0.0) -> HParams:
+    """The HParams table of fastai 2's `fit_one_cycle(epochs, lr_max, ...)`: `one_cycle` rates
+    per layer group and `one_cycle_momentum`."""
+    lr_max = np.atleast_1d(np.asarray(lr_max, np.float64))
+    total = int(epochs) * int(batches_per_epoch)
+    f = table(one_cycle(total, 1.0, pct_start, div, div_final), total)
+    m = table(one_cycle_momentum(total, pct_start, moms), total)
+    return hparams_table(f[:, None].astype(np.float64) * lr_max[None, :], m,
+                         np.broadcast_to(np.asarray(wds, np.float32), lr_max.shape))
+
+
+def lr_find_schedule(start_lr, end_lr: float, num_it: int, linear: bool = False,
+                     wds=0.0) -> HParams:
+    """The HParams table of the LR range test: every group's rate grows from its start_lr by
+    the same factor, the last group's reaching end_lr after num_it iterations."""
+    start = np.atleast_1d(np.asarray(start_lr, np.float64))
+    factor = table(lr_range(1.0, end_lr / start[-1], num_it, linear), num_it)
+    return hparams_table(factor[:, None].astype(np.float64) * start[None, :], MOMENTUM_DEFAULT,
+                         np.broadcast_to(np.asarray(wds, np.float32), start.shape))

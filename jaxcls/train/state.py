@@ -1,4 +1,5 @@
-"""TrainState: everything a training step reads and writes, as one pytree."""
+"""TrainState: everything a training step reads and writes, as one pytree; ModelState: what an
+inference step reads; and the head's own state for training on precomputed features."""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -38,6 +39,62 @@ class TrainState(struct.PyTreeNode):
     def with_tx(self, tx: optax.GradientTransformation) -> 'TrainState':
         """The same model with a new optimizer (fresh optimizer state), as fastai 0.7 made per fit."""
         return self.replace(tx=tx, opt_state=tx.init(self.params))
+
+
+class ModelState(struct.PyTreeNode):
+    """A model's `apply` (static) and its variables: what the eval, predict, TTA and feature
+    steps read. A TrainState works there too; this one leaves the optimizer out, so changing
+    which layer groups train never recompiles a prediction.
+    """
+
+    params: Any
+    batch_stats: Any
+    apply_fn: Callable = struct.field(pytree_node=False)
+
+    @property
+    def variables(self) -> dict:
+        return {'params': self.params, 'batch_stats': self.batch_stats}
+
+
+def model_state(state: Any, part: str | None = None) -> ModelState:
+    """The ModelState of a TrainState (or ModelState): all of its variables, or only the
+    subtree `part` of them (e.g. 'head'), still under that key."""
+    params, stats = state.params, state.batch_stats
+    if part is not None:
+        params, stats = {part: params[part]}, ({part: stats[part]} if part in stats else {})
+    return ModelState(params=params, batch_stats=stats, apply_fn=state.apply_fn)
+
+
+def head_state(state: TrainState, tx: optax.GradientTransformation, part: str = 'head'
+               ) -> TrainState:
+    """The network's state without its body, for training the head on precomputed features.
+
+    Its params and statistics are `state`'s subtree `part`, still under that key, so the
+    same `apply_fn` runs it (with `method=ConvNet.head_only`, the features as input) and
+    the head meets the very dropout keys it meets in the whole network. `tx` is an optimizer
+    over those parameters (`layer_group_sgd({part: labels[part]}, trainable)`). Step
+    counter and PRNG key are `state`'s. The optimizer state is `state`'s own, converted
+    (`optim.transplant`) when `state`'s optimizer covers the whole network with only the head
+    trainable, so momentum carries over; `with_head` is the inverse.
+
+    >>> hs = head_state(state, layer_group_sgd({'head': labels['head']}, (False, False, True)))  # doctest: +SKIP
+    """
+    from .optim import transplant
+    part_state = model_state(state, part)
+    like = jax.eval_shape(tx.init, part_state.params)
+    return TrainState(step=state.step, params=part_state.params,
+                      batch_stats=part_state.batch_stats,
+                      opt_state=transplant(state.opt_state, like), rng=state.rng,
+                      apply_fn=state.apply_fn, tx=tx)
+
+
+def with_head(state: TrainState, head: TrainState) -> TrainState:
+    """`state` with the part trained in `head` (see `head_state`) put back: its params,
+    statistics, step counter, PRNG key and optimizer state (converted to `state`'s)."""
+    from .optim import transplant
+    return state.replace(step=head.step, params={**state.params, **head.params},
+                         batch_stats={**state.batch_stats, **head.batch_stats}, rng=head.rng,
+                         opt_state=transplant(head.opt_state, state.opt_state))
 
 
 def create_train_state(apply_fn: Callable, variables: dict, tx: optax.GradientTransformation,

@@ -1,14 +1,22 @@
-"""Pure training, evaluation and prediction steps: `train_step(state, batch) -> (state, metrics)`.
+"""Pure training, evaluation and prediction steps: `train_step(state, batch, hparams) -> (state, metrics)`.
 
 A batch is a dict: 'image' (NHWC; float and normalised, or uint8 when the step has
 a `preprocess`), 'label' (int class indices, or float one-hot/multi-hot targets for
 multi-label), and optionally 'mask' (1.0 for real rows, 0.0 for padding, so a padded
 last batch is counted exactly once and never compiles a second shape).
 
-The factories return plain functions; `train_step`, `eval_step` and `predict_step`
-are ready-made jitted versions (state buffers donated) for the common case. They are
-compiled by `jaxcls.xla.jit`, which on a CPU keeps XLA's own convolutions (faster here
-than the YNNPACK ones jax 0.10 picks); jit your own steps with it to get the same.
+These factories are what `ConvLearner` runs: `fit`, `fit_one_cycle`, `fine_tune` and
+`lr_find` call a `make_train_step` step (on the whole network, or on the head alone
+after precompute, see `jaxcls.train.state.head_state`), prediction and `TTA` call
+`make_predict_step` and `make_tta_step`, precompute `make_features_step`. Each returns a
+plain function; jit it yourself (`jaxcls.xla.jit` adds the XLA options jaxcls's models run
+fastest under on a CPU). `train_step`, `eval_step` and `predict_step` are ready-made
+jitted versions for the common case. Inference steps take anything with `apply_fn` and
+`variables`: a TrainState, or a `ModelState` without the optimizer.
+
+    >>> step = jaxcls.xla.jit(make_train_step(preprocess=partial(augment, cfg=trn_tfms)),
+    ...                       donate_argnums=0)                                  # doctest: +SKIP
+    >>> state, metrics = step(state, batch, hparams([1e-4, 1e-3, 1e-2]))       # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -20,9 +28,11 @@ import optax
 
 from jaxcls import xla
 
+from .optim import HParams, hparams, set_hparams  # noqa: F401 (hparams re-exported)
 from .state import TrainState
 
-Preprocess = Callable[[jax.Array, jax.Array], jax.Array]  # (key, images) -> float images
+Preprocess = Callable[[jax.Array], jax.Array]            # images -> float images
+Augment = Callable[[jax.Array, jax.Array], jax.Array]    # (key, images) -> float images
 
 # Salt folded into the per-step key to derive independent dropout and augmentation keys.
 _DROPOUT, _AUGMENT = 0, 1
@@ -56,6 +66,8 @@ def sigmoid_correct(logits: jax.Array, labels: jax.Array, thresh: float = 0.5) -
 
 
 LOSSES = {'softmax': (softmax_loss, softmax_correct), 'sigmoid': (sigmoid_loss, sigmoid_correct)}
+# What prediction returns: log-probabilities (softmax) or probabilities (multi-label).
+OUTPUTS = {'softmax': jax.nn.log_softmax, 'sigmoid': jax.nn.sigmoid}
 
 
 def _loss_fns(loss: str):
@@ -96,7 +108,7 @@ def _keep_if_finite(value: jax.Array, state: TrainState, new_state: TrainState
     if checked:
         ok = ok & jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in checked]))
     # One conditional over the changed leaves, not a select per leaf: the same result, and
-    # it compiles ~2 s faster for a ResNet18 on a CPU (6.6 -> 4.3 s measured).
+    # it compiles faster (bench/README.md, "Notes on the model and the kernels").
     picked = jax.lax.cond(ok, lambda: [new_leaves[i] for i in changed],
                           lambda: [old_leaves[i] for i in changed])
     for i, a in zip(changed, picked):
@@ -104,31 +116,40 @@ def _keep_if_finite(value: jax.Array, state: TrainState, new_state: TrainState
     return jax.tree_util.tree_unflatten(treedef, new_leaves), ok
 
 
-def make_train_step(loss: str = 'softmax', preprocess: Optional[Preprocess] = None,
+def make_train_step(loss: str = 'softmax', preprocess: Optional[Augment] = None,
                     frozen: Any = None, model_kwargs: Optional[dict] = None,
                     skip_nonfinite: bool = False
-                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-    """Build a pure `train_step(state, batch) -> (state, metrics)`; jit it yourself.
+                    ) -> Callable[..., tuple[TrainState, dict]]:
+    """Build a pure `train_step(state, batch, hparams=None) -> (state, metrics)`; jit it yourself.
 
     Args:
       loss: 'softmax' (integer labels) or 'sigmoid' (multi-label float targets).
       preprocess: `(key, images) -> float images` run inside the step, e.g. on-device
-        augmentation of uint8 batches; None means images arrive ready.
+        augmentation of uint8 batches (`functools.partial(transforms.augment, cfg=trn_cfg)`);
+        None means images arrive ready.
       frozen: a pytree of bools like the params, True for parameters that get no
         gradient (their backward pass is not computed at all); None trains everything.
-      model_kwargs: extra keyword arguments for `apply_fn` in training mode.
+      model_kwargs: extra keyword arguments for `apply_fn` in training mode (e.g.
+        `{'bn_eval': ('bn1', 'layer1')}`: BatchNorms of frozen layers use running statistics).
       skip_nonfinite: when the loss, or any updated parameter or statistic, is NaN or
         infinite, return the state unchanged (only the step counter advances), so
         parameters never become NaN; the metrics then report a NaN loss for the caller
         to act on.
 
+    The step's `hparams` (an `optim.HParams`: per-layer-group learning rate, momentum and
+    weight decay, float32 arrays) are written into the optimizer state before the update
+    (`optim.set_hparams`), so a new value is a new argument, never a recompile; None keeps
+    the rates the optimizer state holds.
+
     Metrics: 'loss' and 'accuracy' as means over the real (mask 1) rows, 'count' the
-    number of real rows, 'lr'-free: read the rate from the optimizer state.
+    number of real rows.
     """
     loss_fn, correct_fn = _loss_fns(loss)
     kwargs = dict(model_kwargs or {})
 
-    def train_step(state: TrainState, batch: dict):
+    def train_step(state: TrainState, batch: dict, hparams: Optional[HParams] = None):
+        if hparams is not None:
+            state = state.replace(opt_state=set_hparams(state.opt_state, hparams))
         dropout_key, aug_key = step_keys(state.rng, state.step)
         images = batch['image']
         if preprocess is not None:
@@ -148,8 +169,7 @@ def make_train_step(loss: str = 'softmax', preprocess: Optional[Preprocess] = No
         new_state = state.apply_gradients(grads, updates.get('batch_stats', state.batch_stats))
         if frozen is not None:
             # Frozen parameters come back as the very arrays that went in (their update is
-            # zero): nothing of them is computed, checked or copied below. On a CPU this
-            # halves a head-only step after precompute (4.3 -> 2.3 ms, measured).
+            # zero): nothing of them is computed, checked or copied below.
             new_state = new_state.replace(params=jax.tree_util.tree_map(
                 lambda n, o, f: o if f else n, new_state.params, state.params, frozen))
         if skip_nonfinite:
@@ -162,19 +182,23 @@ def make_train_step(loss: str = 'softmax', preprocess: Optional[Preprocess] = No
     return train_step
 
 
-def make_eval_step(loss: str = 'softmax', preprocess: Optional[Callable[[jax.Array], jax.Array]] = None,
-                   model_kwargs: Optional[dict] = None) -> Callable[[TrainState, dict], dict]:
+def _images(batch: dict, preprocess: Optional[Preprocess]) -> jax.Array:
+    x = batch['image']
+    return x if preprocess is None else preprocess(x)
+
+
+def make_eval_step(loss: str = 'softmax', preprocess: Optional[Preprocess] = None,
+                   model_kwargs: Optional[dict] = None) -> Callable[[Any, dict], dict]:
     """Build a pure `eval_step(state, batch) -> metrics` (inference mode, running BN statistics).
 
     Metrics are sums over the real rows ('loss_sum', 'correct_sum', 'count') so batches
-    add up exactly; divide by 'count' at the end.
+    add up exactly; divide by 'count' at the end (`summarize`).
     """
     loss_fn, correct_fn = _loss_fns(loss)
     kwargs = dict(model_kwargs or {})
 
-    def eval_step(state: TrainState, batch: dict) -> dict:
-        images = batch['image'] if preprocess is None else preprocess(batch['image'])
-        logits = state.apply_fn(state.variables, images, train=False, **kwargs)
+    def eval_step(state, batch: dict) -> dict:
+        logits = state.apply_fn(state.variables, _images(batch, preprocess), train=False, **kwargs)
         mask = _mask(batch)
         return {'loss_sum': jnp.sum(loss_fn(logits, batch['label']) * mask),
                 'correct_sum': jnp.sum(correct_fn(logits, batch['label']) * mask),
@@ -183,22 +207,52 @@ def make_eval_step(loss: str = 'softmax', preprocess: Optional[Callable[[jax.Arr
     return eval_step
 
 
-def make_predict_step(loss: str = 'softmax', preprocess: Optional[Callable[[jax.Array], jax.Array]] = None,
-                      model_kwargs: Optional[dict] = None) -> Callable[[TrainState, dict], jax.Array]:
-    """Build a pure `predict_step(state, batch) -> log-probabilities` (softmax) or probabilities (sigmoid)."""
+def make_predict_step(loss: str = 'softmax', preprocess: Optional[Preprocess] = None,
+                      model_kwargs: Optional[dict] = None) -> Callable[[Any, dict], jax.Array]:
+    """Build a pure `predict_step(state, batch) -> log-probabilities` (softmax) or
+    probabilities (sigmoid), float32, in inference mode."""
     _loss_fns(loss)
-    kwargs = dict(model_kwargs or {})
+    final, kwargs = OUTPUTS[loss], dict(model_kwargs or {})
 
-    def predict_step(state: TrainState, batch: dict) -> jax.Array:
-        images = batch['image'] if preprocess is None else preprocess(batch['image'])
-        logits = state.apply_fn(state.variables, images, train=False, **kwargs).astype(jnp.float32)
-        return jax.nn.log_softmax(logits) if loss == 'softmax' else jax.nn.sigmoid(logits)
+    def predict_step(state, batch: dict) -> jax.Array:
+        logits = state.apply_fn(state.variables, _images(batch, preprocess), train=False, **kwargs)
+        return final(logits.astype(jnp.float32))
 
     return predict_step
 
 
+def make_tta_step(augment: Augment, loss: str = 'softmax', model_kwargs: Optional[dict] = None
+                  ) -> Callable[[Any, dict, jax.Array], jax.Array]:
+    """Build `tta_step(state, batch, keys) -> (len(keys), B, classes)`: the predictions of
+    `augment(key, images)` for each key, vmapped into one program (fastai's TTA passes)."""
+    predict = make_predict_step(loss, None, model_kwargs)
+
+    def tta_step(state, batch: dict, keys: jax.Array) -> jax.Array:
+        one = lambda k: predict(state, {'image': augment(k, batch['image'])})
+        return jax.vmap(one)(keys)
+
+    return tta_step
+
+
+def make_features_step(preprocess: Optional[Preprocess] = None, model_kwargs: Optional[dict] = None,
+                       augment: Optional[Augment] = None) -> Callable[..., jax.Array]:
+    """Build `features_step(state, batch) -> float32 features` in inference mode: what
+    precompute stores, with model_kwargs={'method': ConvNet.features}. With `augment`
+    instead of `preprocess`, `features_step(state, batch, key)` takes a key for it (the
+    augmented views of `precompute_aug`)."""
+    kwargs = dict(model_kwargs or {})
+
+    def features_step(state, batch: dict, key: Optional[jax.Array] = None) -> jax.Array:
+        x = batch['image']
+        x = augment(key, x) if augment is not None else x if preprocess is None else preprocess(x)
+        return state.apply_fn(state.variables, x, train=False, **kwargs).astype(jnp.float32)
+
+    return features_step
+
+
 train_step = xla.jit(make_train_step(), donate_argnums=0)
-train_step.__doc__ = """Jitted softmax `train_step(state, batch) -> (state, metrics)`; `state` is donated.
+train_step.__doc__ = """Jitted softmax `train_step(state, batch, hparams=None) -> (state, metrics)`;
+`state` is donated.
 
 >>> state, metrics = train_step(state, {'image': x, 'label': y})  # doctest: +SKIP
 """

@@ -1,0 +1,131 @@
+"""What a saved model says about itself: the one schema and its one reader.
+
+`learn.save(name)` and every ModelCheckpoint step write, next to the arrays, a JSON
+description (`describe`): the arch and its facts, the class list, the head, the image and
+cache sizes, the validation transform, which layer groups were trainable, the jaxcls
+version. `read(folder)` is the only reader: `learn.load`, `Predictor.load` and the
+`jaxcls` command all go through it, so a folder that is not a jaxcls model, or one written
+without a part they need, gives the same one-line `ModelFileError` everywhere.
+
+    >>> meta = read('data/dogscats/models/224_all')        # doctest: +SKIP
+    >>> meta['arch'], meta['classes'], tfm_from_json(meta['val_tfms']).sz   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxcls.data import transforms as T
+
+from . import checkpoint as ckpt
+
+# Everything a model must describe to be rebuilt without its training data.
+REQUIRED = ('arch', 'arch_spec', 'classes', 'c', 'is_multi', 'head', 'stages', 'sz',
+            'cache_size', 'val_tfms')
+# What makes two networks hold the same arrays.
+NETWORK_KEYS = ('arch', 'c', 'stages', 'head')
+
+
+class ModelFileError(ValueError):
+    """A folder that is not a jaxcls model, or lacks what the reader needs."""
+
+
+def tfm_to_json(cfg: T.TfmConfig) -> dict:
+    """A TfmConfig as plain JSON values (tuples as lists, enums as ints)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        out[f.name] = list(v) if isinstance(v, tuple) else int(v) if isinstance(v, T.CropType) else v
+    return out
+
+
+def tfm_from_json(d: dict) -> T.TfmConfig:
+    """The TfmConfig `tfm_to_json` wrote."""
+    v = dict(d)
+    v['crop_type'] = T.CropType(v['crop_type'])
+    return T.TfmConfig(**{k: tuple(x) if isinstance(x, list) else x for k, x in v.items()})
+
+
+def describe(*, arch_name: str, spec: Any, classes, is_multi: bool, head: dict, stages,
+             trainable, sz: int, cache_size: int, pretrained: bool, val_tfms: T.TfmConfig) -> dict:
+    """The JSON a saved model carries (see the module docstring)."""
+    from jaxcls import __version__
+    return {'arch': arch_name, 'classes': [str(c) for c in classes], 'c': len(classes),
+            'is_multi': bool(is_multi), 'head': dict(head), 'stages': list(stages),
+            'trainable': list(trainable), 'sz': int(sz), 'cache_size': int(cache_size),
+            'pretrained': bool(pretrained), 'val_tfms': tfm_to_json(val_tfms),
+            'arch_spec': spec.to_json(), 'jaxcls': __version__}
+
+
+def read(folder: str) -> dict:
+    """The description saved in `folder`, checked to have every REQUIRED part.
+
+    Raises FileNotFoundError (naming the saved models beside it) for a missing folder,
+    ModelFileError for a folder that is not a jaxcls model or lacks parts.
+    """
+    try:
+        meta = ckpt.load_meta(folder)
+    except FileNotFoundError:
+        raise
+    except (KeyError, ValueError, OSError) as e:  # what Orbax raises for a foreign folder
+        raise ModelFileError(f'{folder!r} is not a jaxcls model folder ({type(e).__name__}); '
+                             'pass a folder saved by jaxcls train or learn.save(name), e.g. '
+                             'PATH/models/resnet34_224') from e
+    missing = [k for k in REQUIRED if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise ModelFileError(f'{folder!r} is not a jaxcls model folder this version can read: it '
+                             f'was saved without {missing} (an older one? save it again with this '
+                             'version of jaxcls: learn.save(name))')
+    return meta
+
+
+def check_same_network(saved: dict, mine: dict, folder: str) -> None:
+    """Raise ValueError, naming both, unless `saved` describes the network `mine` does."""
+    if any(saved.get(k) != mine[k] for k in NETWORK_KEYS):
+        raise ValueError(
+            f"checkpoint {folder} holds {saved.get('arch')} with {saved.get('c')} classes "
+            f"(stages {saved.get('stages')}, head {saved.get('head')}); this learner is "
+            f"{mine['arch']} with {mine['c']} classes (stages {mine['stages']}, head "
+            f"{mine['head']}). Load it into a learner built the same way.")
+
+
+def check_standard_head(meta: dict, folder: str, fix: str) -> None:
+    """Raise ModelFileError for a custom head: only the learner that built it can rebuild it."""
+    head = meta['head']
+    if 'custom_head' in head:
+        raise ModelFileError(f'{folder} has a custom head ({head["custom_head"]}); {fix}')
+
+
+def save(learn, name: str) -> str:
+    """`learn.save(name)`: params, BatchNorm statistics, optimizer state and step to
+    {data.path}/models/{name} (Orbax, atomic), with `learn.describe()`. Returns the folder."""
+    state = learn.state
+    tree = {'params': state.params, 'batch_stats': state.batch_stats,
+            'opt_state': state.opt_state, 'step': state.step}
+    return ckpt.save_checkpoint(os.path.join(learn._models_dir(), name), tree, learn.describe())
+
+
+def load(learn, name: str) -> None:
+    """`learn.load(name)`: the arrays saved by `save(name)`, into a learner built the same way
+    (arch, classes, head); the optimizer state too when the same layer groups are trainable."""
+    folder = os.path.join(learn._models_dir(), name)
+    meta = read(folder)
+    check_same_network(meta, learn.describe(), folder)
+    state = learn.state
+    target = {'params': state.params, 'batch_stats': state.batch_stats, 'step': state.step}
+    if tuple(meta.get('trainable', ())) == learn.trainable:
+        target['opt_state'] = state.opt_state
+        restored = ckpt.load_checkpoint(folder, target)
+    else:  # another optimizer structure: everything else, cast to the learner's dtypes
+        full = ckpt.load_checkpoint(folder)
+        restored = {k: jax.tree_util.tree_map(lambda t, a: jnp.asarray(a, t.dtype), v, full[k])
+                    for k, v in target.items()}
+    learn.state = learn._place(state.replace(
+        params=restored['params'], batch_stats=restored['batch_stats'], step=restored['step'],
+        opt_state=restored.get('opt_state', state.opt_state)))
+    if learn.precompute:
+        learn._features.ensure()
