@@ -11,6 +11,7 @@ import pytest
 from PIL import Image, JpegImagePlugin
 
 from jaxcls.data import decode as dec
+from jaxcls.data import decode_cache, decode_one
 from jaxcls.data.decode import (BadImageError, SkippedImagesWarning, decode_arrays, decode_files,
                                 decode_image, default_cache_size)
 
@@ -209,7 +210,7 @@ def test_cache_reuse_does_not_decode(tmp_path, monkeypatch):
 
     def boom(*a, **k):
         raise AssertionError('decoded although the cache is valid')
-    monkeypatch.setattr(dec, 'decode_image', boom)
+    monkeypatch.setattr(decode_one, 'decode_image', boom)
     d2 = decode_files(names, str(tmp_path), 12, name='train', cache_dir=cdir)
     assert d2.from_cache and d2.fingerprint == d1.fingerprint
     np.testing.assert_array_equal(d2.x, d1.x)
@@ -261,7 +262,7 @@ def test_fingerprint_stable_and_location_free(tmp_path):
 @pytest.mark.filterwarnings('ignore::jaxcls.data.decode.SkippedImagesWarning')
 def test_memory_mapped_large_cache_with_skips(tmp_path, monkeypatch):
     # More than fits in RAM: decoded straight into a memory-mapped file.
-    monkeypatch.setattr(dec, 'ram_budget', lambda: 0)
+    monkeypatch.setattr(decode_cache, 'ram_budget', lambda: 0)
     names = make_set(tmp_path, 5)
     open(tmp_path / 'imgs' / 'bad.png', 'wb').close()
     names.insert(2, 'imgs/bad.png')

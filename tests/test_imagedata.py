@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from jaxcls.data import decode as dec
+from jaxcls.data import decode_one
 from jaxcls.data.imagedata import ImageClassifierData, ImageDataset
 
 # Stand-in for transforms.TfmConfig: the data layer only reads sz, mean and std.
@@ -69,7 +70,7 @@ def test_from_paths_reuses_cache(tmp_path, monkeypatch):
 
     def boom(*a, **k):
         raise AssertionError('decoded again')
-    monkeypatch.setattr(dec, 'decode_image', boom)
+    monkeypatch.setattr(decode_one, 'decode_image', boom)
     again = ImageClassifierData.from_paths(str(tmp_path), bs=2, tfms=TFMS)
     assert again.trn_ds.from_cache and again.val_ds.from_cache
     assert again.trn_ds.fingerprint == first.trn_ds.fingerprint

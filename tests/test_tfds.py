@@ -15,7 +15,7 @@ from PIL import Image
 
 tfds = pytest.importorskip('tensorflow_datasets')
 
-from jaxcls.data import decode as dec  # noqa: E402
+from jaxcls.data import decode_one  # noqa: E402
 from jaxcls.data.imagedata import ImageClassifierData  # noqa: E402
 from jaxcls.data.tfds import from_tfds  # noqa: E402
 
@@ -79,7 +79,7 @@ def test_from_tfds_array_record_without_tensorflow(data_dir, monkeypatch):
     # second run: stat-only check, no decoding, labels from the label cache
     def boom(*a, **k):
         raise AssertionError('decoded again')
-    monkeypatch.setattr(dec, 'decode_image', boom)
+    monkeypatch.setattr(decode_one, 'decode_image', boom)
     again = from_tfds('jaxcls_tiny_pets', data_dir=data_dir, bs=4, tfms=TFMS)
     assert again.trn_ds.from_cache and again.val_ds.from_cache
     assert again.trn_ds.fingerprint == data.trn_ds.fingerprint
