@@ -35,9 +35,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from jaxcls.data import decode_cache as cache
-from jaxcls.data import decode_one as one
-from jaxcls.data import decode_procs
+from jaxcls.data import decode_cache, decode_one, decode_procs
 # Re-exported: importable from here as before the split (bench/, train/ and cli use them).
 from jaxcls.data.decode_cache import (CACHE_MARGIN, FORMAT_VERSION, MMAP_BYTES, RAM_FRACTION,
                                       array_fingerprint, default_cache_size,
@@ -143,32 +141,32 @@ def _build(*, kind: str, names: Sequence[str], sources: Any, size: int,
     if size < 1:
         raise ValueError(f'cache size must be a positive number of pixels; got {size}')
     n = len(names)
-    expect = {'format': cache.FORMAT_VERSION, 'cache_size': size, 'settings': one.SETTINGS, 'kind': kind,
-              'sources': sources}
+    expect = {'format': decode_cache.FORMAT_VERSION, 'cache_size': size,
+              'settings': decode_one.SETTINGS, 'kind': kind, 'sources': sources}
     base = None
     if cache_dir not in (None, False) and sources is not None:
-        base = cache.cache_base(os.fspath(cache_dir), name, size, kind, names)
-        hit = cache.load_cache(base, expect, mmap_bytes)
+        base = decode_cache.cache_base(os.fspath(cache_dir), name, size, kind, names)
+        hit = decode_cache.load_cache(base, expect, mmap_bytes)
         if hit is not None:
             x, m = hit
             skipped = [tuple(s) for s in m['skipped']]
             _report(skipped, n, name, on_bad, True)
             kept = np.asarray(m['kept'], np.int64)
             return Decoded(x, tuple(names[i] for i in kept), kept, skipped,
-                           cache.manifest_fingerprint(m), size, base + '.npy', True, m)
+                           decode_cache.manifest_fingerprint(m), size, base + '.npy', True, m)
 
     nbytes = n * size * size * 3
     disk = base is not None
     out = tmp_npy = None
     # A large cache that fits in RAM is decoded into RAM and written to disk by a background
-    # thread (`cache.save_later`) while the caller goes on: decoding straight into a
+    # thread (`decode_cache.save_later`) while the caller goes on: decoding straight into a
     # memory-mapped file is about twice as slow (bench/README.md, notes on the data pipeline).
-    in_ram = nbytes <= cache.ram_budget()
+    in_ram = nbytes <= decode_cache.ram_budget()
     if disk:
         try:
             os.makedirs(os.path.dirname(base), exist_ok=True)
             if nbytes > mmap_bytes and not in_ram:
-                tmp_npy = cache.tmp_npy(base)
+                tmp_npy = decode_cache.tmp_npy(base)
                 out = np.lib.format.open_memmap(tmp_npy, 'w+', np.uint8, (n, size, size, 3))
         except OSError as e:
             warnings.warn(f'jaxcls could not write the decode cache in {os.path.dirname(base)!r} '
@@ -188,7 +186,7 @@ def _build(*, kind: str, names: Sequence[str], sources: Any, size: int,
             buffer, offset = (shared[0], 0) if shared else (tmp_npy, out.offset)
             try:
                 procs = decode_procs.start_workers(workers, buffer, offset, out.shape,
-                                                   one.resolve_max_pixels(max_pixels))
+                                                   decode_one.resolve_max_pixels(max_pixels))
             except OSError:
                 procs = None  # threads below, into the same array
         if shared is not None:
@@ -203,9 +201,9 @@ def _build(*, kind: str, names: Sequence[str], sources: Any, size: int,
     def job(i: int, src: Any) -> None:
         try:
             if isinstance(src, np.ndarray):
-                out[i] = one.array_image(src, size)
+                out[i] = decode_one.array_image(src, size)
             else:
-                out[i] = one.decode_image(src, size, max_pixels=max_pixels)
+                out[i] = decode_one.decode_image(src, size, max_pixels=max_pixels)
         except BadImageError as e:
             reasons[i] = str(e)
 
@@ -252,12 +250,12 @@ def _build(*, kind: str, names: Sequence[str], sources: Any, size: int,
             out = None
             os.remove(tmp_npy)
         _report(skipped, n, name, on_bad, False)
-    manifest = {**expect, 'jaxcls': cache.jaxcls_version(), 'root': root,
+    manifest = {**expect, 'jaxcls': decode_cache.jaxcls_version(), 'root': root,
                 'skipped': [list(s) for s in skipped], 'kept': kept.tolist(),
                 'shape': [len(kept), size, size, 3]}
     if len(kept) < n:
         if tmp_npy:  # compact the memory map into a new file, 1024 rows at a time
-            compact = cache.tmp_npy(base)
+            compact = decode_cache.tmp_npy(base)
             comp = np.lib.format.open_memmap(compact, 'w+', np.uint8, (len(kept), size, size, 3))
             for s in range(0, len(kept), 1024):
                 comp[s:s + 1024] = out[kept[s:s + 1024]]
@@ -270,10 +268,11 @@ def _build(*, kind: str, names: Sequence[str], sources: Any, size: int,
         out = None  # unmapped; the kernel writes the pages back (no msync wait)
     cache_file = None
     if disk and tmp_npy is None and nbytes > mmap_bytes:
-        cache_file = cache.save_later(out, base, manifest)
+        cache_file = decode_cache.save_later(out, base, manifest)
     elif disk:
         try:
-            cache_file = cache.write_cache(base, manifest, out if tmp_npy is None else None, tmp_npy)
+            cache_file = decode_cache.write_cache(base, manifest,
+                                                  out if tmp_npy is None else None, tmp_npy)
             tmp_npy = None
         except OSError as e:
             warnings.warn(f'jaxcls could not write the decode cache {base!r}.npy ({e}); it stays '
@@ -282,7 +281,8 @@ def _build(*, kind: str, names: Sequence[str], sources: Any, size: int,
         path = cache_file or tmp_npy
         out = np.load(path, mmap_mode='r' if len(kept) * size * size * 3 > mmap_bytes else None)
     _report(skipped, n, name, on_bad, False)
-    fp = cache.manifest_fingerprint(manifest) if sources is not None else cache.array_fingerprint(out)
+    fp = (decode_cache.manifest_fingerprint(manifest) if sources is not None
+          else decode_cache.array_fingerprint(out))
     return Decoded(out, tuple(names[i] for i in kept), kept, skipped, fp, size, cache_file,
                    False, manifest)
 
@@ -321,7 +321,7 @@ def decode_files(fnames: Sequence[str], root: str, size: int, *, name: str = 'im
     """
     root = os.path.abspath(os.fspath(root))
     names = list(fnames)
-    sources = cache.stat_sources(root, names)
+    sources = decode_cache.stat_sources(root, names)
 
     def chunks():
         yield [(i, os.path.join(root, f)) for i, f in enumerate(names)]
@@ -367,13 +367,13 @@ def decode_arrays(x: np.ndarray, size: int, *, num_workers: int | None = None) -
     >>> decode_arrays(np.ones((2, 10, 20, 3), np.float32), 8)[0, 0, 0].tolist()
     [255, 255, 255]
     """
-    x = one.as_uint8_images(x)
+    x = decode_one.as_uint8_images(x)
     if x.shape[1:] == (size, size, 3):
         return np.ascontiguousarray(x)
     out = np.empty((len(x), size, size, 3), np.uint8)
 
     def job(i):
-        out[i] = one.array_image(x[i], size)
+        out[i] = decode_one.array_image(x[i], size)
 
     with cf.ThreadPoolExecutor(num_workers or os.cpu_count() or 1) as ex:
         list(ex.map(job, range(len(x))))
