@@ -52,8 +52,9 @@ def _no_regression(continuous: bool) -> None:
                                   'classifies; pass class labels (continuous=False)')
 
 
-def _as_key(key: Any) -> jax.Array:
-    """A PRNG key from a seed (int) or a key."""
+def _preview_key(key: Any) -> jax.Array:
+    """The previews' PRNG key from a seed (int) or a key: ``PRNGKey(seed)``, as the plots
+    drew them before they moved here (the same seed shows the same images)."""
     if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
         return jax.random.PRNGKey(int(key))
     return key
@@ -199,7 +200,7 @@ class ImageClassifierData:
         if n < 1:
             raise ValueError(f'n={n}; show at least one image (n >= 1)')
         n = min(n, len(ds))
-        k_pick, k_aug = jax.random.split(_as_key(key))
+        k_pick, k_aug = jax.random.split(_preview_key(key))
         idxs = np.sort(np.asarray(jax.random.choice(k_pick, len(ds), (n,), replace=False)))
         x = np.asarray(ds.x[idxs])
         out = _jitted('augment')(k_aug, x, cfg) if is_train else T.val_transform(x, cfg)
@@ -217,7 +218,7 @@ class ImageClassifierData:
             raise ValueError(f'idx={idx} is out of range for {len(ds)} training images; use 0..'
                              f'{len(ds) - 1}')
         idx = int(idx) % len(ds)
-        imgs = _jitted('aug_samples')(_as_key(key), np.asarray(ds.x[idx]), cfg, int(n))
+        imgs = _jitted('aug_samples')(_preview_key(key), np.asarray(ds.x[idx]), cfg, int(n))
         return T.denorm(np.asarray(imgs), cfg)
 
     def __repr__(self) -> str:
