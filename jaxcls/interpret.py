@@ -2,7 +2,9 @@
 uncertain images, top losses, the confusion matrix and a per-class report.
 
 Pictures of the same things are in :mod:`jaxcls.plots` (`plot_top_losses`,
-`plot_confusion_matrix`, ...); this module imports no matplotlib.
+`plot_confusion_matrix`, ...), which draws the arrays this module gives
+(`display_images`: the images as the model saw them); this module imports no
+matplotlib.
 
     >>> import numpy as np
     >>> probs = np.array([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4], [0.2, 0.8]])
@@ -157,6 +159,25 @@ class ClassificationInterpretation:
         classes = [self.class_index(c) for c in np.broadcast_to(np.asarray(classes, object),
                                                                 idxs.shape)]
         return self._cam(self.images[idxs], np.asarray(classes, np.int32))
+
+    def display_images(self, idxs: Any) -> np.ndarray:
+        """The images at `idxs` as the model saw them, ready to draw: with `val_cfg` and
+        uint8 images, the validation transform (centre crop or resize to its sz), then
+        denormalised to 0..1 float32 (n, sz, sz, 3); otherwise the images as stored.
+
+        >>> interp = ClassificationInterpretation(np.eye(2), [0, 1], 'ab',
+        ...                                       images=np.full((2, 4, 4, 3), 255, np.uint8))
+        >>> interp.display_images([1]).shape
+        (1, 4, 4, 3)
+        """
+        if self.images is None:
+            raise ValueError('this interpretation has no images; build it with '
+                             'ClassificationInterpretation.from_learner(learn) or pass images=')
+        x = np.asarray(self.images[np.asarray(idxs, np.int64).reshape(-1)])
+        if self.val_cfg is None or x.dtype != np.uint8 or len(x) == 0:
+            return x
+        from jaxcls.data import transforms as T  # jax: only when a transformed image is asked for
+        return T.denorm(np.asarray(T.val_transform(x, self.val_cfg)), self.val_cfg)
 
     # ------------------------------------------------------------------ helpers
 

@@ -8,15 +8,17 @@ Without a display (no $DISPLAY, as on servers and in CI) the Agg backend is used
 - interpretation (:mod:`jaxcls.interpret`): `plot_interpretation`, `plot_top_losses`,
   `plot_most_correct` / `plot_most_incorrect` / `plot_most_uncertain`,
   `plot_confusion_matrix`;
-- data: `show_batch`, `aug_preview` (also `data.show_batch()` / `data.aug_preview()`),
-  `batch_images` (the pixels show_batch draws).
+- data: `show_batch`, `aug_preview`, `batch_images` (the pixels show_batch draws).
+
+Nothing here computes pixels: the objects passed in supply displayable arrays
+(`data.preview_batch`, `data.aug_samples`, `interp.display_images`), and this
+module imports nothing from the rest of jaxcls.
 
 Every image grid takes `heatmaps=`: one (h, w) array in [0, 1] per image,
 resized bilinearly to the image and blended in with opacity 0.5 * value.
 """
 from __future__ import annotations
 
-import functools
 import os
 import sys
 from typing import Any, Optional
@@ -237,21 +239,6 @@ def plot_images(images, titles=None, rows: int = 1, figsize=None, fname=None, he
 # Interpretation: most correct / incorrect / uncertain, top losses, confusion matrix
 # ---------------------------------------------------------------------------------------
 
-def _interp_images(interp, idxs):
-    """The images at idxs as the model saw them: val transform + denorm when the config is known."""
-    if interp.images is None:
-        raise ValueError('this interpretation has no images; build it with '
-                         'ClassificationInterpretation.from_learner(learn) or pass images=')
-    if len(idxs) == 0:
-        return []
-    x = np.asarray(interp.images[np.asarray(idxs)])
-    cfg = interp.val_cfg
-    if cfg is not None and x.dtype == np.uint8:
-        from jaxcls.data import transforms as T
-        return T.denorm(np.asarray(T.val_transform(x, cfg)), cfg)
-    return x
-
-
 def _heatmaps_for(heatmaps, idxs, interp=None):
     if heatmaps is True:  # class activation maps of the predicted classes (interp.heatmaps)
         if interp is None or not hasattr(interp, 'heatmaps'):
@@ -278,7 +265,7 @@ def plot_interpretation(interp, idxs, title=None, fname=None, heatmaps=None, row
     'dogs 1.00 (true cats)'
     """
     idxs = np.asarray(idxs, np.int64).ravel()
-    fig = _grid(_interp_images(interp, idxs), [interp.title(i) for i in idxs], rows, figsize,
+    fig = _grid(interp.display_images(idxs), [interp.title(i) for i in idxs], rows, figsize,
                 _heatmaps_for(True if heatmap else heatmaps, idxs, interp), title,
                 'plot_interpretation')
     return _finish(fig, fname)
@@ -300,7 +287,7 @@ def plot_top_losses(interp, k: int = 9, fname=None, heatmaps=None, rows=None, fi
     if rows is None:
         rows = max(1, math.isqrt(len(idxs)))
     titles = [f'{interp.title(i)}\nloss {l:.2f}' for l, i in zip(losses, idxs)]
-    fig = _grid(_interp_images(interp, idxs), titles, rows, figsize,
+    fig = _grid(interp.display_images(idxs), titles, rows, figsize,
                 _heatmaps_for(True if heatmap else heatmaps, np.asarray(idxs), interp),
                 'Top losses: prediction probability (true class), loss', 'plot_top_losses')
     return _finish(fig, fname)
@@ -408,52 +395,14 @@ def plot_confusion_matrix(interp_or_cm, classes=None, normalize: bool = False,
 # Data: a batch as the model sees it, and augmented versions of one image
 # ---------------------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=None)
-def _jitted(name: str):
-    """transforms.augment / aug_samples under jit (configs static): one compile per shape
-    instead of the many small ones of an eager call."""
-    import jax
-    from jaxcls.data import transforms as T
-    if name == 'augment':
-        return jax.jit(T.augment, static_argnums=2)
-    return jax.jit(T.aug_samples, static_argnums=(2, 3))
-
-
-def _key(key):
-    import jax
-    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-        return jax.random.PRNGKey(int(key))
-    return key
-
-
-def _label(data, y) -> str:
-    if data.is_multi:
-        return ' '.join(data.classes[j] for j in np.flatnonzero(np.asarray(y) > 0.5)) or 'none'
-    return str(data.classes[int(y)])
-
-
 def batch_images(data, n: int = 16, is_train: bool = True, key=0):
     """n images of a split as the model sees them, for display: (images 0..1 (n, sz, sz, 3),
-    titles, indices). Training images go through `transforms.augment` (keyed),
-    validation images through `val_transform`; both are denormalised.
+    titles, indices); the same as `data.preview_batch(n, is_train, key)`, which computes
+    them (training images augmented with `key`, validation images centre-cropped).
 
     >>> imgs, titles, idxs = batch_images(data, 4)        # doctest: +SKIP
     """
-    import jax
-    from jaxcls.data import transforms as T
-    ds = data.trn_ds if is_train else data.val_ds
-    cfg = data.tfms[0 if is_train else 1]
-    if cfg is None:
-        raise ValueError('the data has no transforms; build it with tfms=tfms_from_model(arch, sz)')
-    n = int(n)
-    if n < 1:
-        raise ValueError(f'n={n}; show at least one image (n >= 1)')
-    n = min(n, len(ds))
-    k_pick, k_aug = jax.random.split(_key(key))
-    idxs = np.sort(np.asarray(jax.random.choice(k_pick, len(ds), (n,), replace=False)))
-    x = np.asarray(ds.x[idxs])
-    out = _jitted('augment')(k_aug, x, cfg) if is_train else T.val_transform(x, cfg)
-    return T.denorm(np.asarray(out), cfg), [_label(data, ds.y[i]) for i in idxs], idxs
+    return data.preview_batch(n, is_train, key)
 
 
 def show_batch(data, n: int = 16, rows: int = 4, is_train: bool = True, key=0, fname=None,
@@ -462,30 +411,22 @@ def show_batch(data, n: int = 16, rows: int = 4, is_train: bool = True, key=0, f
     in a grid titled with their classes. `heatmaps`: one per image, or a callable
     taking the shown images' indices in the split.
 
-    >>> data.show_batch(8, rows=2)                       # doctest: +SKIP
+    >>> show_batch(data, 8, rows=2)                       # doctest: +SKIP
     """
-    imgs, titles, idxs = batch_images(data, n, is_train, key)
+    imgs, titles, idxs = data.preview_batch(n, is_train, key)
     fig = _grid(imgs, titles, rows, None, _heatmaps_for(heatmaps, idxs), None, 'show_batch')
     return _finish(fig, fname)
 
 
 def aug_preview(data, idx: int = 0, n: int = 8, rows: int = 2, key=0, fname=None,
                 heatmaps=None):
-    """n augmented versions of training image `idx` (`transforms.aug_samples`), the lesson's
-    `plots(ims, rows=2)` of the augmented loader's samples.
+    """n augmented versions of training image `idx` (`data.aug_samples`), the lesson's
+    `plots(ims, rows=2)` of the augmented loader's samples, titled with its name and class.
 
-    >>> data.aug_preview(0, 6, rows=2)                   # doctest: +SKIP
+    >>> aug_preview(data, 0, 6, rows=2)                   # doctest: +SKIP
     """
-    from jaxcls.data import transforms as T
-    ds, cfg = data.trn_ds, data.tfms[0]
-    if cfg is None:
-        raise ValueError('the data has no transforms; build it with tfms=tfms_from_model(arch, sz)')
-    if not -len(ds) <= int(idx) < len(ds):
-        raise ValueError(f'idx={idx} is out of range for {len(ds)} training images; use 0..'
-                         f'{len(ds) - 1}')
-    idx = int(idx) % len(ds)
-    imgs = _jitted('aug_samples')(_key(key), np.asarray(ds.x[idx]), cfg, int(n))
-    imgs = T.denorm(np.asarray(imgs), cfg)
+    imgs = data.aug_samples(idx, n, key)
+    ds = data.trn_ds
     fig = _grid(imgs, None, rows, None, heatmaps,
-                f'{ds.fnames[idx]} ({_label(data, ds.y[idx])})', 'aug_preview')
+                f'{ds.fnames[int(idx)]} ({data.label_text(ds.y[int(idx)])})', 'aug_preview')
     return _finish(fig, fname)

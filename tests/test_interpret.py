@@ -243,3 +243,18 @@ def test_plots_from_a_learner(learn, tmp_path):
     fig2 = plots.plot_confusion_matrix(interp)
     assert sum(int(t.get_text()) for t in fig2.axes[0].texts) == 12
     plt.close('all')
+
+
+def test_display_images_are_what_the_model_saw():
+    from jaxcls.data import transforms as T
+    images = np.random.default_rng(2).integers(0, 256, (8, 11, 11, 3)).astype(np.uint8)
+    _, val = T.tfms_from_stats(((0.5,) * 3, (0.25,) * 3), 8)
+    interp = ClassificationInterpretation(PROBS, TARGS, CLASSES, images=images, val_cfg=val)
+    shown = interp.display_images([2, 0])
+    assert shown.shape == (2, 8, 8, 3) and shown.dtype == np.float32
+    np.testing.assert_allclose(shown, images[[2, 0], 2:10, 2:10] / 255, atol=1e-6)  # ceil(3/2)
+    assert interp.display_images([]).shape[0] == 0
+    raw = ClassificationInterpretation(PROBS, TARGS, CLASSES, images=images)
+    np.testing.assert_array_equal(raw.display_images([1]), images[[1]])   # no config: as stored
+    with pytest.raises(ValueError, match='has no images; build it with .*from_learner'):
+        ClassificationInterpretation(PROBS, TARGS, CLASSES).display_images([0])

@@ -32,13 +32,13 @@ WORKER = textwrap.dedent('''
     jax.distributed.initialize(coordinator_address=f'127.0.0.1:{port}', num_processes=2,
                                process_id=pid, initialization_timeout=60)
     import numpy as np
-    import jaxcls.data.decode as dec
-    decoded, lock, real_decode = [], threading.Lock(), dec.decode_image
+    import jaxcls.data.decode_one as decode_one
+    decoded, lock, real_decode = [], threading.Lock(), decode_one.decode_image
     def counting(src, *a, **k):  # records every file this process decodes
         with lock:
             decoded.append(os.path.relpath(src, root))
         return real_decode(src, *a, **k)
-    dec.decode_image = counting
+    decode_one.decode_image = counting
     sys.path.insert(0, tests)
     from test_learner import TINY
     from jaxcls import ConvLearner, ImageClassifierData, tfms_from_model, transforms_side_on

@@ -6,6 +6,7 @@ import pytest
 
 from jaxcls import ImageClassifierData, tfms_from_model, transforms_side_on
 from jaxcls import plots
+from jaxcls.data import imagedata
 from jaxcls.data import transforms as T
 from jaxcls.interpret import ClassificationInterpretation
 from jaxcls.train.callbacks import Recorder
@@ -259,7 +260,7 @@ def data(tmp_path_factory):
 
 
 def test_show_batch(data, tmp_path):
-    fig = data.show_batch(6, rows=2, fname=tmp_path / 'b.png')
+    fig = plots.show_batch(data, 6, rows=2, fname=tmp_path / 'b.png')
     assert len(fig.axes) == 6 and fig.axes[0].get_subplotspec().get_geometry()[:2] == (2, 3)
     imgs = [shown(ax) for ax in fig.axes]
     assert all(im.shape == (SZ, SZ, 3) and im.min() >= 0 and im.max() <= 1 for im in imgs)
@@ -271,34 +272,34 @@ def test_show_batch(data, tmp_path):
     assert titles == [data.classes[data.trn_y[i]] for i in idxs] == [ax.get_title()
                                                                        for ax in fig.axes]
     _, k_aug = jax.random.split(jax.random.PRNGKey(0))
-    augment = plots._jitted('augment')     # T.augment under jit: the same pixels, compiled once
+    augment = imagedata._jitted('augment')  # T.augment under jit: the same pixels, compiled once
     ref = T.denorm(np.asarray(augment(k_aug, np.asarray(data.trn_ds.x[idxs]), data.tfms[0])),
                    data.tfms[0])
     np.testing.assert_allclose(x01, ref, atol=1e-6)
-    other = np.stack([shown(ax) for ax in data.show_batch(6, rows=2, key=1).axes])
+    other = np.stack([shown(ax) for ax in plots.show_batch(data, 6, rows=2, key=1).axes])
     assert not np.allclose(other, x01)
     # Validation: the centre crop of the cache, no randomness.
-    fig = data.show_batch(100, is_train=False, key=3)
+    fig = plots.show_batch(data, 100, is_train=False, key=3)
     assert len(fig.axes) == 6                                  # only 6 validation images
     v01, _, vidx = plots.batch_images(data, 100, is_train=False, key=3)
     assert vidx.tolist() == list(range(6))
     crop = T.center_crop(np.asarray(data.val_ds.x), SZ) / 255.0
     np.testing.assert_allclose(v01, crop, atol=1e-6)
     with pytest.raises(ValueError, match='n=0'):
-        data.show_batch(0)
+        plots.show_batch(data, 0)
 
 
 def test_aug_preview(data, tmp_path):
-    fig = data.aug_preview(2, n=4, rows=2, key=5, fname=tmp_path / 'a.png')
+    fig = plots.aug_preview(data, 2, n=4, rows=2, key=5, fname=tmp_path / 'a.png')
     assert len(fig.axes) == 4
     imgs = np.stack([shown(ax) for ax in fig.axes])
     assert imgs.shape == (4, SZ, SZ, 3)
-    samples = plots._jitted('aug_samples')(jax.random.PRNGKey(5), np.asarray(data.trn_ds.x[2]),
-                                            data.tfms[0], 4)
+    samples = imagedata._jitted('aug_samples')(jax.random.PRNGKey(5), np.asarray(data.trn_ds.x[2]),
+                                                data.tfms[0], 4)
     ref = T.denorm(np.asarray(samples), data.tfms[0])
     np.testing.assert_allclose(imgs, ref, atol=1e-6)
     assert len({im.tobytes() for im in imgs}) > 1               # they are different augmentations
     assert fig._suptitle.get_text() == f'{data.trn_ds.fnames[2]} ({data.classes[data.trn_y[2]]})'
     assert is_png(tmp_path / 'a.png')
     with pytest.raises(ValueError, match='idx=99 is out of range for 8 training images'):
-        data.aug_preview(99)
+        plots.aug_preview(data, 99)

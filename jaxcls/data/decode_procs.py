@@ -2,13 +2,13 @@
 
 Pillow releases the GIL while it decodes and resizes, but opening a file, parsing its
 headers and wrapping the result hold it: about 0.2 ms of a JPEG's 2-3 ms. With many
-threads that part serialises them. Measured on a 16-core GPU machine (bench/bench_gpu.sh,
-500x375 JPEGs to 258 px): 1,127 img/s with 4 threads, 1,525 with 8, 1,394 with 16 and
-1,263 with 32, while one thread alone does 355 img/s. Worker processes have a GIL each.
+threads that part serialises them, so threads stop scaling past about 8 cores (the
+numbers are in bench/README.md, notes on the data pipeline). Worker processes have a GIL
+each.
 
 The workers are plain ``python`` processes running this file as a script. They load
-``decode.py`` by its path, so they import numpy and Pillow but neither jax nor the jaxcls
-package (0.15 s to start instead of 1.7 s), and unlike ``multiprocessing``'s spawn and
+``decode_one.py`` by its path, so they import numpy and Pillow but neither jax nor the
+jaxcls package (0.15 s to start instead of 1.7 s), and unlike ``multiprocessing``'s spawn and
 forkserver they never re-import the user's ``__main__`` (a notebook, or a script without
 an ``if __name__ == '__main__'`` guard, is safe). Each worker maps the output array (a file
 in RAM-backed ``/dev/shm``, or the memory-mapped cache file) and writes its rows into it;
@@ -33,8 +33,7 @@ from typing import Callable, Iterator, Optional, Sequence  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-#: Rows per message to a worker: ~32 x 3 ms = 0.1 s of work, so the JSON round trip
-#: (~0.1 ms) is noise and 20,000 images still balance over 16 workers to within a chunk.
+#: Rows per message: ~0.1 s of work, so the JSON round trip (~0.1 ms) is noise; loads balance.
 CHUNK = 32
 
 
@@ -42,8 +41,8 @@ def start_workers(count: int, buffer: str, offset: int, shape: Sequence[int],
                   max_pixels: Optional[int]) -> list[subprocess.Popen]:
     """`count` worker processes writing rows of the uint8 array of `shape` stored at byte
     `offset` of the file `buffer`. Raises OSError when they cannot be started."""
-    decode_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'decode.py')
-    args = json.dumps({'decode_py': decode_py, 'buffer': buffer, 'offset': int(offset),
+    decode_one_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'decode_one.py')
+    args = json.dumps({'decode_one_py': decode_one_py, 'buffer': buffer, 'offset': int(offset),
                        'shape': [int(s) for s in shape], 'max_pixels': max_pixels})
     env = dict(os.environ)
     # One thread per worker process: they are as many as the cores.
@@ -169,9 +168,9 @@ def _worker() -> None:
     """The worker's loop: chunks of [row, path] in, [[row, error or None], ...] out."""
     import importlib.util
     cfg = json.loads(sys.argv[1])
-    spec = importlib.util.spec_from_file_location('_jaxcls_decode_worker', cfg['decode_py'])
+    spec = importlib.util.spec_from_file_location('_jaxcls_decode_worker', cfg['decode_one_py'])
     dec = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = dec  # its dataclasses look their module up there
+    sys.modules[spec.name] = dec  # registered as an import would (classes look their module up)
     spec.loader.exec_module(dec)
     out = np.memmap(cfg['buffer'], np.uint8, 'r+', offset=cfg['offset'], shape=tuple(cfg['shape']))
     sys.stdout.write('ready\n')

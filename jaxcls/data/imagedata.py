@@ -21,9 +21,14 @@ datasets and ``skipped`` then describe this process's share only, and
 the global batch size. :meth:`DataLoader.collect` and :meth:`DataLoader.targets`
 give whole-split results. Datasets handed to the constructor whole (TFDS) are
 cut to the process's share there, after decoding.
+
+To look at the images: :meth:`ImageClassifierData.preview_batch` (a batch as
+the model sees it) and :meth:`ImageClassifierData.aug_samples` (augmented
+versions of one image) return them as 0..1 float arrays, ready to draw.
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Sequence
 
@@ -32,131 +37,36 @@ import numpy as np
 
 from jaxcls.data import decode as dec
 from jaxcls.data import items as it
+from jaxcls.data import transforms as T
+from jaxcls.data.dataset import ImageDataset, check_tfms, resolve_size
 from jaxcls.data.loader import DataLoader, all_processes, shard_indices
+from jaxcls.data.tfds import read_tfds
 
+# ImageDataset lives in jaxcls.data.dataset; it is importable from here as before.
 __all__ = ['ImageDataset', 'ImageClassifierData']
-
-
-class ImageDataset:
-    """One decoded split.
-
-    Attributes:
-      x: uint8 (N, S, S, 3) images (in RAM or a read-only memory map).
-      y: int64 (N,) class indices, float32 (N, c) multi-hot targets, or
-        int64 zeros for an unlabelled test split.
-      fnames: names relative to the dataset root ('train/cats/cat.1.jpg'), or
-        generated names ('trn[0]', 'train[0]') for arrays and TFDS.
-      classes, c, is_multi: as on the data object.
-      fingerprint: stable string identifying the decoded pixels (cache key for
-        precomputed activations).
-      skipped: (name, reason) of files found but not decoded.
-      cache_file: the .npy the images live in, or None.
-      ids: int64 position of each row in the whole split when this dataset is
-        one process's share of it (several processes); None for a whole split.
-    """
-
-    def __init__(self, x: np.ndarray, y: np.ndarray | None, fnames: Sequence[str],
-                 classes: Sequence, *, is_multi: bool = False, fingerprint: str = '',
-                 skipped: Sequence[tuple[str, str]] = (), cache_file: str | None = None,
-                 from_cache: bool = False, labelled: bool = True,
-                 ids: Sequence[int] | None = None):
-        self.x = x
-        self.y = np.zeros((len(x),), np.int64) if y is None else y
-        self.fnames = list(fnames)
-        self.classes = list(classes)
-        self.is_multi = is_multi
-        self.fingerprint = fingerprint
-        self.skipped = list(skipped)
-        self.cache_file = cache_file
-        self.from_cache = from_cache
-        self.labelled = labelled and y is not None
-        self.ids = None if ids is None else np.asarray(ids, np.int64).reshape(-1)
-        if not (len(self.x) == len(self.y) == len(self.fnames)):
-            raise ValueError(f'{len(self.x)} images, {len(self.y)} targets and {len(self.fnames)} '
-                             f'names; they must match')
-        if self.ids is not None and len(self.ids) != len(self.x):
-            raise ValueError(f'{len(self.ids)} ids for {len(self.x)} images; pass one per image')
-
-    @classmethod
-    def from_decoded(cls, d: dec.Decoded, y: np.ndarray | None, classes: Sequence, *,
-                     is_multi: bool = False, ids: Sequence[int] | None = None) -> 'ImageDataset':
-        """The decoded images with the targets (and `ids`) of the rows that were kept."""
-        return cls(d.x, None if y is None else np.asarray(y)[d.kept], d.fnames, classes,
-                   is_multi=is_multi, fingerprint=d.fingerprint, skipped=d.skipped,
-                   cache_file=d.cache_file, from_cache=d.from_cache, labelled=y is not None,
-                   ids=None if ids is None else np.asarray(ids, np.int64)[d.kept])
-
-    def shard(self, index: int, count: int) -> 'ImageDataset':
-        """The rows index, index + count, ... of this whole split (process `index` of `count`).
-
-        >>> ds = ImageDataset(np.zeros((5, 2, 2, 3), np.uint8), np.arange(5), list('abcde'), ['x'])
-        >>> s = ds.shard(1, 2); s.fnames, s.y.tolist(), s.ids.tolist()
-        (['b', 'd'], [1, 3], [1, 3])
-        """
-        if self.ids is not None:
-            raise ValueError('this dataset is already one process\'s share (ids is set)')
-        idx = shard_indices(len(self), index, count)
-        sl = slice(int(index), None, int(count))  # a view, also of a memory map
-        return ImageDataset(self.x[sl], self.y[sl] if self.labelled else None,
-                            [self.fnames[i] for i in idx], self.classes, is_multi=self.is_multi,
-                            fingerprint=f'{self.fingerprint}-p{index}of{count}' if self.fingerprint
-                            else '', skipped=self.skipped, cache_file=self.cache_file,
-                            from_cache=self.from_cache, labelled=self.labelled, ids=idx)
-
-    @property
-    def c(self) -> int:
-        return len(self.classes)
-
-    @property
-    def cache_size(self) -> int:
-        return int(self.x.shape[1])
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.x[i], self.y[i]
-
-    def __repr__(self) -> str:
-        return (f'ImageDataset({len(self)} images {self.cache_size}px, {self.c} classes'
-                f'{", multi-label" if self.is_multi else ""}, fingerprint={self.fingerprint!r})')
-
-
-def _check_tfms(tfms) -> tuple[Any, Any]:
-    if tfms is None:
-        tfms = (None, None)
-    try:
-        trn, val = tfms
-    except (TypeError, ValueError):
-        raise TypeError(f'tfms must be a (train, valid) pair as returned by '
-                        f'tfms_from_model(arch, sz); got {tfms!r}') from None
-    for t in (trn, val):
-        if t is not None and not hasattr(t, 'sz'):
-            raise TypeError(f'tfms entries must be transform configs with .sz (from '
-                            f'tfms_from_model(arch, sz)); got {t!r}')
-    return trn, val
-
-
-def _resolve_size(tfms, cache_size: int | None) -> tuple[int | None, int]:
-    """(sz, cache size) from the tfms pair and an explicit cache_size."""
-    szs = [int(t.sz) for t in tfms if t is not None]
-    sz = max(szs) if szs else None
-    if cache_size is not None:
-        cache_size = int(cache_size)
-        if sz is not None and cache_size < sz:
-            raise ValueError(f'cache_size={cache_size} is smaller than the training size sz={sz}; '
-                             f'use cache_size >= {sz} (default {dec.default_cache_size(sz)})')
-        return sz, cache_size
-    if sz is None:
-        raise ValueError('ImageClassifierData needs an image size: pass '
-                         'tfms=tfms_from_model(arch, sz) (or cache_size=S for the decoded size)')
-    return sz, dec.default_cache_size(sz)
 
 
 def _no_regression(continuous: bool) -> None:
     if continuous:
         raise NotImplementedError('continuous=True (regression targets) is not supported: jaxcls '
                                   'classifies; pass class labels (continuous=False)')
+
+
+def _preview_key(key: Any) -> jax.Array:
+    """The previews' PRNG key from a seed (int) or a key: ``PRNGKey(seed)``, as the plots
+    drew them before they moved here (the same seed shows the same images)."""
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        return jax.random.PRNGKey(int(key))
+    return key
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted(name: str):
+    """transforms.augment / aug_samples under jit (configs static): one compile per shape
+    instead of the many small ones of an eager call."""
+    if name == 'augment':
+        return jax.jit(T.augment, static_argnums=2)
+    return jax.jit(T.aug_samples, static_argnums=(2, 3))
 
 
 class ImageClassifierData:
@@ -182,7 +92,7 @@ class ImageClassifierData:
                  key: Any = 0, drop_last: bool = False, prefetch: int = 2, mesh=None,
                  skipped: Sequence[tuple[str, str]] = ()):
         self.path = os.fspath(path)
-        self.tfms = _check_tfms(tfms)
+        self.tfms = check_tfms(tfms)
         p, n_proc = jax.process_index(), jax.process_count()
         if n_proc > 1:  # whole splits (e.g. TFDS, decoded by every process): keep this one's share
             trn_ds, val_ds, test_ds = (ds if ds is None or ds.ids is not None else ds.shard(p, n_proc)
@@ -244,31 +154,72 @@ class ImageClassifierData:
 
     def denorm(self, x):
         """Normalised float images (B, sz, sz, 3) back to 0..1 float HWC, for plotting."""
-        from jaxcls.data import transforms
         if self.tfms[1] is None:
             raise ValueError('denorm needs the valid transform config; build the data with '
                              'tfms=tfms_from_model(arch, sz)')
-        return transforms.denorm(x, self.tfms[1])
+        return T.denorm(x, self.tfms[1])
 
-    def show_batch(self, n: int = 16, rows: int = 4, is_train: bool = True, key: Any = 0,
-                   fname: Any = None):
-        """n training images as augmented with `key` (validation images with is_train=False),
-        titled with their classes; returns the matplotlib Figure (see jaxcls.plots.show_batch).
+    def label_text(self, y: Any) -> str:
+        """The class name of one target; multi-label: its labels, space-separated ('none').
 
-        >>> data.show_batch(8, rows=2)     # doctest: +SKIP
+        >>> x = np.zeros((2, 8, 8, 3), np.uint8)
+        >>> d = ImageClassifierData.from_arrays('.', (x, [0, 1]), (x, [1, 0]), cache_size=8,
+        ...                                     classes=['cats', 'dogs'])
+        >>> d.label_text(d.trn_y[1])
+        'dogs'
         """
-        from jaxcls import plots
-        return plots.show_batch(self, n=n, rows=rows, is_train=is_train, key=key, fname=fname)
+        if self.is_multi:
+            return ' '.join(self.classes[j] for j in np.flatnonzero(np.asarray(y) > 0.5)) or 'none'
+        return str(self.classes[int(y)])
 
-    def aug_preview(self, idx: int = 0, n: int = 8, rows: int = 2, key: Any = 0,
-                    fname: Any = None):
-        """n augmented versions of training image idx, the lesson's plots of aug_dl samples;
-        returns the matplotlib Figure (see jaxcls.plots.aug_preview).
+    def preview_batch(self, n: int = 16, is_train: bool = True, key: Any = 0
+                      ) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """n images of a split as the model sees them, for display.
 
-        >>> data.aug_preview(0, 6, rows=2)     # doctest: +SKIP
+        Picks n images of the training split (validation with ``is_train=False``; at
+        most all of them) with `key` (a seed or PRNG key), sends the training ones
+        through `transforms.augment` and the validation ones through `val_transform`,
+        and denormalises both.
+
+        Returns:
+          (images 0..1 float32 (n, sz, sz, 3), their class names, their indices in
+          the split, ascending).
+
+        >>> x = np.zeros((4, 12, 12, 3), np.uint8)
+        >>> d = ImageClassifierData.from_arrays('.', (x, [0, 1, 0, 1]), (x, [0, 1, 0, 1]),
+        ...                                     tfms=T.tfms_from_stats(((0.,) * 3, (1.,) * 3), 8))
+        >>> imgs, titles, idxs = d.preview_batch(3, is_train=False)
+        >>> imgs.shape, float(imgs.max()), len(titles), idxs.tolist() == sorted(idxs.tolist())
+        ((3, 8, 8, 3), 0.0, 3, True)
         """
-        from jaxcls import plots
-        return plots.aug_preview(self, idx=idx, n=n, rows=rows, key=key, fname=fname)
+        ds = self.trn_ds if is_train else self.val_ds
+        cfg = self.tfms[0 if is_train else 1]
+        if cfg is None:
+            raise ValueError('the data has no transforms; build it with tfms=tfms_from_model(arch, sz)')
+        n = int(n)
+        if n < 1:
+            raise ValueError(f'n={n}; show at least one image (n >= 1)')
+        n = min(n, len(ds))
+        k_pick, k_aug = jax.random.split(_preview_key(key))
+        idxs = np.sort(np.asarray(jax.random.choice(k_pick, len(ds), (n,), replace=False)))
+        x = np.asarray(ds.x[idxs])
+        out = _jitted('augment')(k_aug, x, cfg) if is_train else T.val_transform(x, cfg)
+        return T.denorm(np.asarray(out), cfg), [self.label_text(ds.y[i]) for i in idxs], idxs
+
+    def aug_samples(self, idx: int = 0, n: int = 8, key: Any = 0) -> np.ndarray:
+        """n augmented versions of training image `idx` (`transforms.aug_samples` with `key`,
+        a seed or PRNG key), denormalised: 0..1 float32 (n, sz, sz, 3), for display.
+        A negative `idx` counts from the end.
+        """
+        ds, cfg = self.trn_ds, self.tfms[0]
+        if cfg is None:
+            raise ValueError('the data has no transforms; build it with tfms=tfms_from_model(arch, sz)')
+        if not -len(ds) <= int(idx) < len(ds):
+            raise ValueError(f'idx={idx} is out of range for {len(ds)} training images; use 0..'
+                             f'{len(ds) - 1}')
+        idx = int(idx) % len(ds)
+        imgs = _jitted('aug_samples')(_preview_key(key), np.asarray(ds.x[idx]), cfg, int(n))
+        return T.denorm(np.asarray(imgs), cfg)
 
     def __repr__(self) -> str:
         test = f', test={len(self.test_ds)}' if self.test_ds is not None else ''
@@ -282,8 +233,8 @@ class ImageClassifierData:
     @classmethod
     def _from_layout(cls, lay: it.Layout, *, bs, tfms, num_workers, cache_dir, on_bad,
                      cache_size, key, quiet, drop_last, prefetch, mesh, names):
-        tfms = _check_tfms(tfms)
-        _, size = _resolve_size(tfms, cache_size)
+        tfms = check_tfms(tfms)
+        _, size = resolve_size(tfms, cache_size)
         cdir = os.path.join(lay.root, 'tmp') if cache_dir is None else cache_dir
         kw = dict(cache_dir=cdir, num_workers=num_workers, on_bad=on_bad, quiet=quiet)
         p, n_proc = jax.process_index(), jax.process_count()
@@ -418,16 +369,16 @@ class ImageClassifierData:
         (['0', '1'], 2, True)
         """
         _no_regression(continuous)
-        tfms = _check_tfms(tfms)
+        tfms = check_tfms(tfms)
         (xt, yt), (xv, yv) = trn, val
         yt, yv, classes, is_multi = it.array_labels(yt, yv, classes)
         if cache_size is None:
-            sz, size = _resolve_size(tfms, None)
+            sz, size = resolve_size(tfms, None)
             shape = np.shape(xt)
             if len(shape) >= 3 and shape[1] == shape[2] and sz <= shape[1] <= size:
                 size = int(shape[1])
         else:
-            _, size = _resolve_size(tfms, cache_size)
+            _, size = resolve_size(tfms, cache_size)
 
         p, n_proc = jax.process_index(), jax.process_count()
 
@@ -450,7 +401,45 @@ class ImageClassifierData:
 
     @classmethod
     def from_tfds(cls, name: str, data_dir: str | None = None, split=('train', 'test'),
-                  bs: int = 64, tfms=(None, None), **kwargs) -> 'ImageClassifierData':
-        """A prepared TensorFlow Datasets dataset; see :func:`jaxcls.data.tfds.from_tfds`."""
-        from jaxcls.data.tfds import from_tfds
-        return from_tfds(name, data_dir=data_dir, split=split, bs=bs, tfms=tfms, **kwargs)
+                  bs: int = 64, tfms=(None, None), *, image_key: str = 'image',
+                  label_key: str = 'label', cache_dir: str | None | bool = None,
+                  cache_size: int | None = None, num_workers: int | None = None,
+                  on_bad: str = 'skip', quiet: bool = False, download: bool = False,
+                  key: Any = 0, drop_last: bool = False, prefetch: int = 2, mesh=None
+                  ) -> 'ImageClassifierData':
+        """A prepared TensorFlow Datasets dataset (no TensorFlow for array_record); see
+        :mod:`jaxcls.data.tfds` for how it is read.
+
+        Args:
+          name: TFDS name, e.g. 'cats_vs_dogs' or 'tf_flowers' (optionally 'name:version').
+          data_dir: TFDS data folder (default TFDS's own, ~/tensorflow_datasets).
+          split: (train, valid) or (train, valid, test) split strings -- TFDS slicing
+            works, e.g. ('train[:90%]', 'train[90%:]') -- or a dict with keys
+            'train', 'valid', optional 'test'.
+          image_key, label_key: feature names of the image and its ClassLabel.
+          cache_dir: decoded caches (default ``{dataset folder}/jaxcls-cache``; in
+            memory only when the dataset is not on local disk); False: memory only.
+          download: let TFDS download and prepare the dataset if missing.
+          Others as in :meth:`from_paths`.
+
+        Returns an ImageClassifierData whose ``path`` is the dataset folder and whose
+        classes are the label feature's names.
+
+        Example (needs the dataset prepared as array_record under data_dir)::
+
+            data = ImageClassifierData.from_tfds('tf_flowers', split=('train[:90%]', 'train[90%:]'),
+                                                 tfms=tfms_from_model(resnet34, 224))
+        """
+        tfms = check_tfms(tfms)
+        _, size = resolve_size(tfms, cache_size)
+        classes, is_multi, splits, ds_dir = read_tfds(
+            name, size, data_dir=data_dir, split=split, image_key=image_key, label_key=label_key,
+            cache_dir=cache_dir, num_workers=num_workers, on_bad=on_bad, quiet=quiet,
+            download=download)
+        dss = {r: ImageDataset.from_decoded(s.decoded, s.y, classes, is_multi=is_multi)
+               for r, s in splits.items()}
+        for r, ds in dss.items():
+            if len(ds) == 0:
+                raise ValueError(f'TFDS split {splits[r].split!r} of {name!r} has no decodable images')
+        return cls(ds_dir or (data_dir or '.'), dss['train'], dss['valid'], dss.get('test'),
+                   bs=bs, tfms=tfms, key=key, drop_last=drop_last, prefetch=prefetch, mesh=mesh)

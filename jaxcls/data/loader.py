@@ -133,11 +133,10 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     With one process this is ``jax.device_put``. With several, each process
     copies its own value to its own devices and the copies are declared one
     global array: no communication. ``jax.device_put`` would instead all-gather
-    every leaf to check that the processes agree (one collective per leaf, one
-    compile per leaf shape: 8 s for a tiny ResNet's 86 leaves the first time,
-    5 ms per leaf after, with gloo on 2 CPU processes); here they must agree by
-    construction (same seed, same checkpoint). Leaves already replicated on
-    `mesh` are returned as they are.
+    every leaf to check that the processes agree (one collective and one compile
+    per leaf shape: seconds for a small model; bench/README.md, notes on the data
+    pipeline); here they must agree by construction (same seed, same checkpoint).
+    Leaves already replicated on `mesh` are returned as they are.
 
     >>> t = replicate({'w': np.ones(3, np.float32)}, data_mesh()); t['w'].sharding.spec == P()
     True
@@ -339,12 +338,9 @@ class DataLoader:
     def _device_batches(self, batches: list[np.ndarray]) -> Iterator[dict[str, jax.Array]]:
         """Batches gathered on the device from an `x` that lives there: one small jitted call
         per batch (its row indices are the only transfer), no thread. For stored features
-        after precompute: on this project's 2-core CPU a head-only epoch went from 3.7 to
-        3.0 ms per step. On an H200 the effect is not settled: the one run that changed
-        only this (bench_gpu, 282 steps per epoch) gave 0.71-0.75 s epochs against
-        0.50-0.54 s before; the next change (a step without the frozen body) brought them
-        to 0.35-0.43 s with this path. Set the learner's DEVICE_FEATURES_MAX_BYTES to 0 to
-        compare."""
+        after precompute; faster per step on the 2-core CPU, not settled on a GPU (the runs
+        are in bench/README.md, notes on the data pipeline). Set the learner's
+        DEVICE_FEATURES_MAX_BYTES to 0 to compare."""
         if self._y_dev is None:
             self._y_dev = jax.device_put(self.y, next(iter(self.x.devices())))
         lbs = self.local_bs

@@ -9,7 +9,9 @@ default) is read through ``builder.as_dataset`` when TensorFlow is installed,
 with the GPU hidden from TensorFlow first; without TensorFlow the error says to
 ``pip install 'jaxcls[tf]'`` or to prepare the data as array_record.
 
-Nothing is downloaded unless ``download=True``.
+Nothing is downloaded unless ``download=True``. The data object is built from
+what :func:`read_tfds` returns by ``ImageClassifierData.from_tfds``
+(:mod:`jaxcls.data.imagedata`); this module knows nothing of it.
 
 The decoded cache is keyed on the dataset's files (names, sizes, mtimes) plus
 the split, so a second run only stats those files; class indices are cached
@@ -27,7 +29,7 @@ import numpy as np
 
 from jaxcls.data import decode as dec
 
-__all__ = ['TfdsSplit', 'read_tfds', 'from_tfds']
+__all__ = ['TfdsSplit', 'read_tfds']
 
 _ROLES = {'train': 'train', 'trn': 'train', 'valid': 'valid', 'val': 'valid',
           'validation': 'valid', 'test': 'test'}
@@ -46,8 +48,8 @@ def _import_tfds():
     try:
         import tensorflow_datasets as tfds
     except ImportError:
-        raise ImportError("from_tfds needs tensorflow_datasets: pip install tensorflow-datasets "
-                          "importlib_resources") from None
+        raise ImportError("ImageClassifierData.from_tfds needs tensorflow_datasets: pip install "
+                          "tensorflow-datasets importlib_resources") from None
     return tfds
 
 
@@ -220,47 +222,3 @@ def _labels(d, src, labels, n, label_key, classes, is_multi, signature, cdir, na
             pass
     return y
 
-
-def from_tfds(name: str, data_dir: str | None = None, split=('train', 'test'), bs: int = 64,
-              tfms=(None, None), *, image_key: str = 'image', label_key: str = 'label',
-              cache_dir: str | None | bool = None, cache_size: int | None = None,
-              num_workers: int | None = None, on_bad: str = 'skip', quiet: bool = False,
-              download: bool = False, key: Any = 0, drop_last: bool = False, prefetch: int = 2,
-              mesh=None):
-    """An ImageClassifierData from a prepared TFDS dataset (no TensorFlow for array_record).
-
-    Args:
-      name: TFDS name, e.g. 'cats_vs_dogs' or 'tf_flowers' (optionally 'name:version').
-      data_dir: TFDS data folder (default TFDS's own, ~/tensorflow_datasets).
-      split: (train, valid) or (train, valid, test) split strings -- TFDS slicing
-        works, e.g. ('train[:90%]', 'train[90%:]') -- or a dict with keys
-        'train', 'valid', optional 'test'.
-      image_key, label_key: feature names of the image and its ClassLabel.
-      cache_dir: decoded caches (default ``{dataset folder}/jaxcls-cache``; in
-        memory only when the dataset is not on local disk); False: memory only.
-      download: let TFDS download and prepare the dataset if missing.
-      Others as in :meth:`ImageClassifierData.from_paths`.
-
-    Returns an ImageClassifierData whose ``path`` is the dataset folder and whose
-    classes are the label feature's names.
-
-    Example (needs the dataset prepared as array_record under data_dir)::
-
-        data = from_tfds('tf_flowers', split=('train[:90%]', 'train[90%:]'),
-                         tfms=tfms_from_model(resnet34, 224))
-    """
-    from jaxcls.data.imagedata import ImageClassifierData, ImageDataset, _check_tfms, _resolve_size
-    tfms = _check_tfms(tfms)
-    _, size = _resolve_size(tfms, cache_size)
-    classes, is_multi, splits, ds_dir = read_tfds(
-        name, size, data_dir=data_dir, split=split, image_key=image_key, label_key=label_key,
-        cache_dir=cache_dir, num_workers=num_workers, on_bad=on_bad, quiet=quiet,
-        download=download)
-    dss = {r: ImageDataset.from_decoded(s.decoded, s.y, classes, is_multi=is_multi)
-           for r, s in splits.items()}
-    for r, ds in dss.items():
-        if len(ds) == 0:
-            raise ValueError(f'TFDS split {splits[r].split!r} of {name!r} has no decodable images')
-    return ImageClassifierData(ds_dir or (data_dir or '.'), dss['train'], dss['valid'],
-                               dss.get('test'), bs=bs, tfms=tfms, key=key, drop_last=drop_last,
-                               prefetch=prefetch, mesh=mesh)

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from jaxcls.data import decode as dec
+from jaxcls.data import decode_one
 from jaxcls.data.imagedata import ImageClassifierData, ImageDataset
 
 # Stand-in for transforms.TfmConfig: the data layer only reads sz, mean and std.
@@ -69,7 +70,7 @@ def test_from_paths_reuses_cache(tmp_path, monkeypatch):
 
     def boom(*a, **k):
         raise AssertionError('decoded again')
-    monkeypatch.setattr(dec, 'decode_image', boom)
+    monkeypatch.setattr(decode_one, 'decode_image', boom)
     again = ImageClassifierData.from_paths(str(tmp_path), bs=2, tfms=TFMS)
     assert again.trn_ds.from_cache and again.val_ds.from_cache
     assert again.trn_ds.fingerprint == first.trn_ds.fingerprint
@@ -169,14 +170,62 @@ def test_denorm_uses_the_valid_config(tmp_path):
     np.testing.assert_allclose(out, 1.0)  # 2 * 0.25 + 0.5
 
 
-def test_dataset_object():
-    ds = ImageDataset(np.zeros((2, 4, 4, 3), np.uint8), np.array([1, 0]), ['a', 'b'], ['x', 'y'])
-    assert len(ds) == 2 and ds.c == 2 and ds.cache_size == 4 and ds[0][1] == 1
-    with pytest.raises(ValueError, match='2 images, 2 targets and 1 names'):
-        ImageDataset(np.zeros((2, 4, 4, 3), np.uint8), np.array([1, 0]), ['a'], ['x'])
-
-
 def test_continuous_is_refused(tmp_path):
     x = np.zeros((2, 8, 8, 3), np.uint8)
     with pytest.raises(NotImplementedError, match='continuous=True'):
         ImageClassifierData.from_arrays(str(tmp_path), (x, [0, 1]), (x, [0, 1]), tfms=TFMS, continuous=True)
+
+
+def test_preview_batch_and_aug_samples(tmp_path):
+    """The arrays the plots draw: picked and augmented with the key, denormalised, titled."""
+    import jax
+    tr = pytest.importorskip('jaxcls.data.transforms')
+    from jaxcls.data import imagedata
+    trn_cfg, val_cfg = tr.tfms_from_stats(((0.5,) * 3, (0.25,) * 3), 16,
+                                          aug_tfms=tr.transforms_side_on, max_zoom=1.1)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (7, 18, 18, 3), dtype=np.uint8)   # kept as is: the 18 px cache
+    y = np.arange(7) % 2
+    data = ImageClassifierData.from_arrays(str(tmp_path), (x, y), (x[:5], y[:5]), bs=4,
+                                           tfms=(trn_cfg, val_cfg), classes=['cats', 'dogs'])
+    np.testing.assert_array_equal(data.trn_ds.x, x)
+    imgs, titles, idxs = data.preview_batch(4, key=2)
+    assert imgs.shape == (4, 16, 16, 3) and imgs.dtype == np.float32
+    assert imgs.min() >= 0 and imgs.max() <= 1
+    assert idxs.tolist() == sorted(set(idxs.tolist())) and len(idxs) == 4
+    assert titles == [['cats', 'dogs'][y[i]] for i in idxs]
+    _, k_aug = jax.random.split(jax.random.PRNGKey(2))
+    ref = tr.denorm(np.asarray(imagedata._jitted('augment')(k_aug, x[idxs], trn_cfg)), trn_cfg)
+    np.testing.assert_allclose(imgs, ref, atol=1e-6)
+    assert not np.allclose(data.preview_batch(4, key=3)[0], imgs)
+    # Validation: every image (n is capped), the exact centre crop, no randomness.
+    v01, _, vidx = data.preview_batch(100, is_train=False, key=3)
+    assert vidx.tolist() == [0, 1, 2, 3, 4]
+    np.testing.assert_allclose(v01, x[:5, 1:17, 1:17] / 255.0, atol=1e-6)   # ceil(2 / 2)
+    with pytest.raises(ValueError, match='n=0; show at least one image'):
+        data.preview_batch(0)
+    # Augmented versions of one training image.
+    samples = data.aug_samples(2, 5, key=5)
+    ref = tr.denorm(np.asarray(tr.aug_samples(jax.random.PRNGKey(5), x[2], trn_cfg, 5)), trn_cfg)
+    assert samples.shape == (5, 16, 16, 3)
+    np.testing.assert_allclose(samples, ref, atol=1e-5)
+    assert len({s.tobytes() for s in samples}) > 1
+    np.testing.assert_array_equal(data.aug_samples(-5, 5, key=5), samples)   # -5 is image 2
+    with pytest.raises(ValueError, match='idx=7 is out of range for 7 training images; use 0..6'):
+        data.aug_samples(7)
+    assert data.label_text(y[1]) == 'dogs'
+    multi = ImageClassifierData.from_arrays(str(tmp_path), (x, np.eye(3)[y]), (x, np.eye(3)[y]),
+                                            tfms=(trn_cfg, val_cfg), classes=['a', 'b', 'c'])
+    assert multi.label_text([1, 0, 1]) == 'a c' and multi.label_text([0, 0, 0]) == 'none'
+    bare = ImageClassifierData.from_arrays(str(tmp_path), (x, y), (x, y), cache_size=20)
+    with pytest.raises(ValueError, match='the data has no transforms'):
+        bare.preview_batch(2)
+    with pytest.raises(ValueError, match='the data has no transforms'):
+        bare.aug_samples(0)
+
+
+def test_image_dataset_is_still_importable_from_here():
+    # jaxcls.ImageDataset is looked up in jaxcls.data.imagedata; the class lives in dataset.py.
+    import jaxcls
+    from jaxcls.data import dataset
+    assert ImageDataset is dataset.ImageDataset is jaxcls.ImageDataset

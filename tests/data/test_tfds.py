@@ -15,9 +15,8 @@ from PIL import Image
 
 tfds = pytest.importorskip('tensorflow_datasets')
 
-from jaxcls.data import decode as dec  # noqa: E402
+from jaxcls.data import decode_one  # noqa: E402
 from jaxcls.data.imagedata import ImageClassifierData  # noqa: E402
-from jaxcls.data.tfds import from_tfds  # noqa: E402
 
 RED, BLUE = (240, 10, 10), (10, 10, 240)
 
@@ -79,8 +78,8 @@ def test_from_tfds_array_record_without_tensorflow(data_dir, monkeypatch):
     # second run: stat-only check, no decoding, labels from the label cache
     def boom(*a, **k):
         raise AssertionError('decoded again')
-    monkeypatch.setattr(dec, 'decode_image', boom)
-    again = from_tfds('jaxcls_tiny_pets', data_dir=data_dir, bs=4, tfms=TFMS)
+    monkeypatch.setattr(decode_one, 'decode_image', boom)
+    again = ImageClassifierData.from_tfds('jaxcls_tiny_pets', data_dir=data_dir, bs=4, tfms=TFMS)
     assert again.trn_ds.from_cache and again.val_ds.from_cache
     assert again.trn_ds.fingerprint == data.trn_ds.fingerprint
     assert again.trn_y.tolist() == data.trn_y.tolist()
@@ -88,7 +87,7 @@ def test_from_tfds_array_record_without_tensorflow(data_dir, monkeypatch):
 
 
 def test_split_slicing_and_dict(data_dir):
-    data = from_tfds('jaxcls_tiny_pets', data_dir=data_dir, bs=2, tfms=TFMS,
+    data = ImageClassifierData.from_tfds('jaxcls_tiny_pets', data_dir=data_dir, bs=2, tfms=TFMS,
                      split={'train': 'train[:75%]', 'valid': 'train[75%:]', 'test': 'test'})
     assert (len(data.trn_ds), len(data.val_ds), len(data.test_ds)) == (6, 2, 4)
     assert colour_labels(data.val_ds.x) == data.val_y.tolist()
@@ -97,11 +96,12 @@ def test_split_slicing_and_dict(data_dir):
 
 def test_errors(data_dir, monkeypatch):
     with pytest.raises(ValueError, match=r"no feature 'img'; its features are \['image', 'label'\]"):
-        from_tfds('jaxcls_tiny_pets', data_dir=data_dir, tfms=TFMS, image_key='img')
+        ImageClassifierData.from_tfds('jaxcls_tiny_pets', data_dir=data_dir, tfms=TFMS, image_key='img')
     with pytest.raises(ValueError, match=r"split='train': pass \(train_split, valid_split"):
-        from_tfds('jaxcls_tiny_pets', data_dir=data_dir, tfms=TFMS, split='train')
+        ImageClassifierData.from_tfds('jaxcls_tiny_pets', data_dir=data_dir, tfms=TFMS, split='train')
     with pytest.raises(ValueError, match="cannot read split 'nope'"):
-        from_tfds('jaxcls_tiny_pets', data_dir=data_dir, tfms=TFMS, split=('train', 'nope'))
+        ImageClassifierData.from_tfds('jaxcls_tiny_pets', data_dir=data_dir, tfms=TFMS,
+                                      split=('train', 'nope'))
 
     # a dataset in a format without random access, and no TensorFlow installed
     def not_random_access(*a, **k):
@@ -109,7 +109,7 @@ def test_errors(data_dir, monkeypatch):
     monkeypatch.setattr(tfds, 'data_source', not_random_access)
     monkeypatch.setitem(sys.modules, 'tensorflow', None)
     with pytest.raises(ImportError, match=r"pip install 'jaxcls\[tf\]'.*file_format='array_record'"):
-        from_tfds('jaxcls_tiny_pets', data_dir=data_dir, tfms=TFMS, cache_dir=False)
+        ImageClassifierData.from_tfds('jaxcls_tiny_pets', data_dir=data_dir, tfms=TFMS, cache_dir=False)
 
 
 def test_mock_data_source(tmp_path):
@@ -124,7 +124,7 @@ def test_mock_data_source(tmp_path):
         return records[:8] if str(split).startswith('train') else records[8:]
 
     with tfds_testing.mock_data(policy=tfds_testing.MockPolicy.USE_CODE, as_data_source_fn=as_data_source):
-        data = from_tfds('mnist', bs=4, tfms=TFMS)
+        data = ImageClassifierData.from_tfds('mnist', bs=4, tfms=TFMS)
     assert data.classes == [str(i) for i in range(10)]
     assert data.trn_y.tolist() == [r['label'] for r in records[:8]]
     assert data.trn_ds.cache_file is None  # mocked dataset has no files: decoded in memory

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxcls.data import decode as dec
+from jaxcls.data import decode_cache
 from jaxcls.data import decode_procs
 from jaxcls.data.decode import decode_files
 
@@ -56,7 +56,7 @@ def test_processes_decode_exactly_what_threads_decode(tmp_path):
 
 @pytest.mark.filterwarnings('ignore::jaxcls.data.decode.SkippedImagesWarning')
 def test_processes_write_into_the_memory_mapped_cache(tmp_path, monkeypatch):
-    monkeypatch.setattr(dec, 'ram_budget', lambda: 0)  # does not fit in RAM: straight to disk
+    monkeypatch.setattr(decode_cache, 'ram_budget', lambda: 0)  # does not fit in RAM: straight to disk
     names = make_files(tmp_path)
     ref = decode_files(names, str(tmp_path), 16, quiet=True, processes=False)
     with warnings.catch_warnings():
@@ -92,9 +92,9 @@ def test_a_dead_worker_leaves_its_chunks_to_the_parent(tmp_path):
 
 
 def test_workers_do_not_import_jax_or_the_package(tmp_path):
-    # They load decode.py by path: numpy and Pillow only, and never the user's __main__.
+    # They load decode_one.py by path: numpy and Pillow only, and never the user's __main__.
     probe = ('import json, sys, runpy\n'
-             'sys.argv = ["w", json.dumps(dict(decode_py=%r, buffer=%r, offset=0, shape=[1, 4, 4, 3],'
+             'sys.argv = ["w", json.dumps(dict(decode_one_py=%r, buffer=%r, offset=0, shape=[1, 4, 4, 3],'
              ' max_pixels=None))]\n'
              'sys.stdin = open(%r)\n'
              'runpy.run_path(%r, run_name="__main__")\n'
@@ -102,7 +102,7 @@ def test_workers_do_not_import_jax_or_the_package(tmp_path):
     (tmp_path / 'buf').write_bytes(bytes(48))
     (tmp_path / 'in').write_text('')
     here = os.path.dirname(decode_procs.__file__)
-    code = probe % (os.path.join(here, 'decode.py'), str(tmp_path / 'buf'), str(tmp_path / 'in'),
+    code = probe % (os.path.join(here, 'decode_one.py'), str(tmp_path / 'buf'), str(tmp_path / 'in'),
                     os.path.join(here, 'decode_procs.py'))
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -113,7 +113,7 @@ def test_workers_do_not_import_jax_or_the_package(tmp_path):
 def test_workers_that_cannot_run_are_reported_and_nothing_is_lost(tmp_path, monkeypatch):
     names = make_files(tmp_path)
     ref = decode_files(names, str(tmp_path), 16, quiet=True, processes=False)
-    # Workers given a decode.py that does not exist die at start: the parent decodes it all.
+    # Workers that stop before their first chunk: the parent decodes it all.
     real = decode_procs.start_workers
     monkeypatch.setattr(decode_procs, 'start_workers', lambda *a: _broken(real, *a))
     with pytest.warns(RuntimeWarning, match='of 2 jaxcls decode worker processes stopped'):
