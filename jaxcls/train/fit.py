@@ -17,7 +17,7 @@ import numpy as np
 from . import memory as mem
 from . import resume as rs
 from . import resume_point as rp
-from .callbacks import Callback, DivergenceGuard, LossRecorder, ProgressBar, Recorder
+from .callbacks import Callback, DivergenceGuard, LossRecorder, ProgressBar
 from .loop import Loop
 from .optim import HParams
 from .resume import ModelCheckpoint

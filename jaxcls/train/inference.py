@@ -22,6 +22,7 @@ from jaxcls.models.head import ConvNet, Head
 from jaxcls.models.resnet import ResNet
 
 from . import checkpoint as ckpt
+from . import modelfile
 
 
 class Predictor:
@@ -35,9 +36,7 @@ class Predictor:
         self.model, self.variables, self.meta = model, variables, meta
         self.classes = list(meta['classes'])
         self.is_multi = bool(meta['is_multi'])
-        v = dict(meta['val_tfms'])
-        v['crop_type'] = T.CropType(v['crop_type'])
-        self.tfm = T.TfmConfig(**{k: tuple(x) if isinstance(x, list) else x for k, x in v.items()})
+        self.tfm = modelfile.tfm_from_json(meta['val_tfms'])
         self.cache_size = int(meta['cache_size'])
         final = jax.nn.sigmoid if self.is_multi else jax.nn.softmax
         self._fn = xla.jit(lambda var, x: final(
@@ -48,15 +47,10 @@ class Predictor:
         """Rebuild the network described by the checkpoint's metadata and restore its weights
         (`kernels` as in `jaxcls.models.build`)."""
         folder = os.fspath(folder)
-        meta = ckpt.load_meta(folder)
-        missing = [k for k in ('arch_spec', 'val_tfms', 'cache_size', 'classes', 'head') if k not in meta]
-        if missing:
-            raise ValueError(f'{folder} was saved without {missing}; save it again with this '
-                             'version of jaxcls (learn.save(name))')
+        meta = modelfile.read(folder)
+        modelfile.check_standard_head(meta, folder, 'rebuild the learner with it and use '
+                                      'learn.load(name) instead')
         head = meta['head']
-        if 'custom_head' in head:
-            raise ValueError(f'{folder} has a custom head ({head["custom_head"]}); rebuild the '
-                             'learner with it and use learn.load(name) instead')
         spec = ArchSpec.from_json(meta['arch_spec'])
         kernels = ops.resolve(kernels)
         body = ResNet(tuple(meta['stages']), spec.block, None, kernels=kernels)

@@ -16,7 +16,7 @@ jitted versions for the common case. Inference steps take anything with `apply_f
 
     >>> step = jaxcls.xla.jit(make_train_step(preprocess=partial(augment, cfg=trn_tfms)),
     ...                       donate_argnums=0)                                  # doctest: +SKIP
-    >>> state, metrics = step(state, batch, hparams([1e-4, 1e-3, 1e-2]))       # doctest: +SKIP
+    >>> state, metrics = step(state, batch, optim.hparams([1e-4, 1e-3, 1e-2]))  # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import optax
 
 from jaxcls import xla
 
-from .optim import HParams, hparams, set_hparams  # noqa: F401 (hparams re-exported)
+from .optim import HParams, set_hparams
 from .state import TrainState
 
 Preprocess = Callable[[jax.Array], jax.Array]            # images -> float images
