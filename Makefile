@@ -33,7 +33,7 @@ test: $(VENV)/.installed
 	touch $@
 
 parity: .venv-torch/.installed
-	.venv-torch/bin/python -m pytest -q tests/test_parity.py
+	.venv-torch/bin/python -m pytest -q tests/models/test_parity.py
 
 clean:
 	rm -rf $(VENV) .venv-torch

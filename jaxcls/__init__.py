@@ -14,14 +14,14 @@ __version__ = '0.1.0'
 
 # public name -> the module that defines it
 _HOME = {
-    'ImageClassifierData': 'jaxcls.data.imagedata', 'ImageDataset': 'jaxcls.data.imagedata',
+    'ImageClassifierData': 'jaxcls.data.imagedata', 'ImageDataset': 'jaxcls.data.dataset',
     **dict.fromkeys(['CropType', 'RandomDihedral', 'RandomFlip', 'RandomLighting', 'RandomRotate',
                      'RandomZoom', 'tfms_from_model', 'tfms_from_stats', 'transforms_basic',
-                     'transforms_side_on', 'transforms_top_down'], 'jaxcls.data.transforms'),
+                     'transforms_side_on', 'transforms_top_down'], 'jaxcls.data.tfm_config'),
     **dict.fromkeys(['resnet18', 'resnet34', 'resnet50'], 'jaxcls.models'),
     'ClassificationInterpretation': 'jaxcls.interpret',
     **dict.fromkeys(['Callback', 'CSVLogger', 'TensorBoardLogger'], 'jaxcls.train.callbacks'),
-    'ConvLearner': 'jaxcls.train.learner', 'TrainingDiverged': 'jaxcls.train.learner',
+    'ConvLearner': 'jaxcls.train.learner', 'TrainingDiverged': 'jaxcls.train.callbacks',
     'OutOfDeviceMemory': 'jaxcls.train.memory',
     **dict.fromkeys(['accuracy', 'accuracy_thresh', 'fbeta'], 'jaxcls.train.metrics'),
     **dict.fromkeys(['ModelCheckpoint', 'ResumeMismatch', 'SaveBest'], 'jaxcls.train.resume'),

@@ -13,9 +13,9 @@ from typing import Optional
 import jax
 
 ENV = 'JAXCLS_COMPILATION_CACHE'
-# Only programs that took at least this long to compile are written: the tiniest helper
-# functions recompile faster than they load. A learner's head-only train and predict steps
-# compile in 0.3-1 s and load in a few ms, so they are kept too (JAX's default is 1 s).
+# Only programs that took at least this long to compile are written: the tiniest helpers
+# recompile faster than they load, while a learner's head-only steps load far faster than
+# they compile (JAX's default is 1 s).
 MIN_COMPILE_SECONDS = 0.25
 
 

@@ -1,10 +1,9 @@
 """`jax.jit` with the XLA options jaxcls's models run fastest under.
 
-jax 0.10's XLA:CPU hands every convolution to YNNPACK by default. On this project's
-2-core AVX-512 machine XLA's own (Eigen) convolutions are faster for every ResNet34
-layer, most of all for kernel gradients (3x3, 64 channels on 56x56, batch 32: 126 ms
-under YNNPACK, 55 ms under Eigen; the 7x7 stem's kernel gradient at 224 px: 232 vs 63
-ms). The option is per compiled program, so jaxcls passes it to its own `jit`s and
+jax 0.10's XLA:CPU hands every convolution to YNNPACK by default, and XLA's own (Eigen)
+convolutions are faster for every ResNet34 layer, most of all for kernel gradients
+(`python bench/bench_step.py`; per-layer timings in bench/README.md). The option is per
+compiled program, so jaxcls passes it to its own `jit`s and
 changes nothing for anyone else's. Use `jaxcls.xla.jit` (or pass
 `compiler_options=compiler_options()` to `jax.jit`) to get the same in your own steps.
 

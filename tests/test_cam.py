@@ -124,7 +124,7 @@ def test_interpretation_heatmaps_and_plots(tmp_path):
     from jaxcls import ConvLearner, ImageClassifierData, plots, tfms_from_model
     from jaxcls.interpret import ClassificationInterpretation
     from jaxcls.train.inference import Predictor
-    from test_learner import TINY, make_folder
+    from helpers import TINY, make_folder
     root = make_folder(tmp_path / 'd', n_train=6, n_valid=4)
     data = ImageClassifierData.from_paths(root, bs=4, tfms=tfms_from_model(TINY, 32), quiet=True)
     learn = ConvLearner.pretrained(TINY, data, pretrained=False, quiet=True, xtra_cut=1,
@@ -157,7 +157,7 @@ def test_learner_plot_cam(tmp_path):
     import matplotlib
     matplotlib.use('Agg')
     from jaxcls import ConvLearner, ImageClassifierData, tfms_from_model
-    from test_learner import TINY, make_folder
+    from helpers import TINY, make_folder
     root = make_folder(tmp_path / 'd', n_train=4, n_valid=4)
     data = ImageClassifierData.from_paths(root, bs=4, tfms=tfms_from_model(TINY, 32), quiet=True)
     learn = ConvLearner.pretrained(TINY, data, pretrained=False, quiet=True, xtra_cut=1)

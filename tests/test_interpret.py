@@ -11,7 +11,7 @@ from jaxcls import ConvLearner, ImageClassifierData, tfms_from_model
 from jaxcls.interpret import ClassificationInterpretation
 from jaxcls.train.metrics import bce_loss, nll_loss
 
-from test_learner import SZ, TINY, make_folder
+from helpers import SZ, TINY, make_folder
 
 CLASSES = ['cat', 'dog', 'fox']
 # 8 images. preds = argmax = [0, 0, 1, 1, 1, 0, 2, 0]; right: 0, 1, 4, 6.

@@ -11,7 +11,7 @@ from jaxcls.data import transforms as T
 from jaxcls.interpret import ClassificationInterpretation
 from jaxcls.train.callbacks import Recorder
 
-from test_learner import SZ, TINY, make_folder
+from helpers import SZ, TINY, make_folder
 
 plt = plots._plt()
 PNG = b'\x89PNG\r\n\x1a\n'

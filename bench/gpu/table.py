@@ -1,5 +1,5 @@
 """bench_gpu.py's summary table: one row per measurement, its jaxcls and torch values, their
-ratio, its target and whether it was met. tests/test_bench_gpu.py reads it: the head, the
+ratio, its target and whether it was met. tests/e2e/test_bench_gpu.py reads it: the head, the
 '-+-' rule, and rows by the id in their first cell."""
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ Bad files never stop a build (``on_bad='skip'``): every file that
 :func:`~jaxcls.data.decode_one.decode_image` refuses is left out and listed as
 ``(path, reason)`` with one summary :class:`SkippedImagesWarning`;
 ``decoded + skipped = found`` always. ``on_bad='raise'`` raises
-:class:`BadImageError` naming every bad file instead. ``tests/test_hostile.py``
+:class:`BadImageError` naming every bad file instead. ``tests/e2e/test_hostile.py``
 holds the whole corpus. Pillow's own warnings filters are not changed, except
 that DecompressionBombWarning and other ``PIL`` warnings are silenced while a
 build runs (the bad-file report replaces them).

@@ -279,9 +279,9 @@ def random_variables(stage_sizes: Sequence[int], block: str = 'basic',
     fc kernel and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 
     Why not `jax.jit(module.init)`: that program derives a key and runs a threefry chain for
-    every parameter, about 500 kernels, and compiles for 9-13 s for ResNet34 on a 2-core CPU,
-    longer than the train step. This compiles nothing: `resnet34()` builds in 1.7 s there. The values are
-    not `module.init(key)`'s (another generator); the same key gives the same values.
+    every parameter, about 500 kernels, and compiles for longer than the train step; this
+    compiles nothing (`python bench/bench_build.py` times both). The values are not
+    `module.init(key)`'s (another generator); the same key gives the same values.
     """
     if key is None:
         key = jax.random.PRNGKey(0)

@@ -26,6 +26,20 @@ from .steps import make_features_step, make_predict_step, make_train_step, make_
 
 KINDS = ('train', 'predict', 'predict_uint8', 'predict_float', 'features', 'aug_features', 'tta')
 
+# Steps and optimizers are pure functions of the network and the configuration, so learners
+# built the same way share them (the lesson builds its learner twice; a notebook rebuilds
+# one often): the second finds its steps traced and compiled. Keyed by the network (a Flax
+# module compares by its fields), its first layer group, and the configuration.
+_SHARED_STEPS: dict = {}
+_SHARED_TXS: dict = {}
+_NETWORKS: dict = {}
+
+
+def canonical(net: ConvNet) -> ConvNet:
+    """The one instance of networks equal to `net`: a TrainState's `apply_fn` (a bound method)
+    compares by its instance, so equal networks must be one object for jit to share steps."""
+    return _NETWORKS.setdefault(net, net)
+
 
 class LearnerSteps:
     """`learn.steps`: `get(kind)` is the learner's compiled step of `kind` (see KINDS);
@@ -38,16 +52,19 @@ class LearnerSteps:
     def __init__(self, learn):
         self.learn = learn
         self.compiled: dict = {}
-        self._txs: dict = {}
+
+    def _network(self) -> tuple:
+        learn = self.learn
+        return (learn.model, learn.spec.layer_groups, learn.loss)
 
     def tx(self, head: bool = False):
         """`layer_group_sgd` over the network's layer groups (or the head's alone)."""
         learn = self.learn
-        key = (learn.trainable, head)
-        if key not in self._txs:
+        key = self._network() + (learn.trainable, head)
+        if key not in _SHARED_TXS:
             labels = {'head': learn.labels['head']} if head else learn.labels
-            self._txs[key] = layer_group_sgd(labels, learn.trainable)
-        return self._txs[key]
+            _SHARED_TXS[key] = layer_group_sgd(labels, learn.trainable)
+        return _SHARED_TXS[key]
 
     def bn_eval(self) -> tuple[str, ...]:
         """The body's children whose BatchNorms use running statistics in training (the frozen
@@ -66,7 +83,10 @@ class LearnerSteps:
                learn.precompute if kind in ('train', 'predict') else None,
                learn.bn_frozen, jnp.dtype(learn.dtype).name, learn.data.tfms)
         if key not in self.compiled:
-            self.compiled[key] = self._build(kind)
+            shared = self._network() + key
+            if shared not in _SHARED_STEPS:
+                _SHARED_STEPS[shared] = self._build(kind)
+            self.compiled[key] = _SHARED_STEPS[shared]
         return self.compiled[key]
 
     def clear(self) -> None:

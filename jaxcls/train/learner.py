@@ -37,7 +37,7 @@ from .callbacks import Callback, Recorder, TrainingDiverged  # noqa: F401 (Train
 from .memory import BatchSizeChoice, OutOfDeviceMemory  # noqa: F401 (re-exported)
 from .metrics import accuracy, accuracy_thresh
 from .optim import layer_group_labels, per_group
-from .compiled import LearnerSteps
+from .compiled import LearnerSteps, canonical
 from .precompute import Features
 from .resume import ModelCheckpoint, ResumeMismatch, SaveBest  # noqa: F401 (re-exported)
 from .schedules import DIV, DIV_FINAL, MOMS, PCT_START, fit_schedule, one_cycle_schedule
@@ -67,6 +67,7 @@ class ConvLearner:
             raise ValueError('the data has no transforms; build it with '
                              'tfms=tfms_from_model(arch, sz) so images are cropped and normalised '
                              "with the arch's statistics")
+        net = canonical(net)  # learners built the same way share compiled steps
         self.data, self.spec, self.model = data, spec, net
         self.arch_name, self.head_desc = arch_name or spec.name, head_desc or {}
         self.pretrained_body = False  # the body started from ImageNet weights (metadata only)
@@ -206,7 +207,7 @@ class ConvLearner:
     def _set_dtype(self, dtype) -> 'ConvLearner':
         if dtype == self.dtype:
             return self
-        self.model, self.dtype = with_dtype(self.model, dtype), dtype
+        self.model, self.dtype = canonical(with_dtype(self.model, dtype)), dtype
         self.state = self.state.replace(apply_fn=self.model.apply)
         self.steps.clear()
         if self._precompute:

@@ -48,11 +48,9 @@ def features_key(**parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-#: Images per forward pass of precompute on an accelerator (on a CPU: the data's bs). The
-#: pass keeps no activations for a backward pass, so a batch several times a training batch
-#: fits: 256 uint8 images at 258 px are 51 MB. At the ~43,000 img/s an H200 runs ResNet34's
-#: frozen body (bench/bench_gpu.sh), a batch is ~6 ms of device work, long enough to hide the
-#: per-batch dispatch and the copy of the next batch; at bs=64 the device waited on the host.
+#: Images per forward pass of precompute on an accelerator (on a CPU: the data's bs): a
+#: forward pass keeps no activations, and a batch this large hides the per-batch dispatch and
+#: the next batch's copy behind device work (`bash bench/bench_gpu.sh`, bench/README.md).
 ACCELERATOR_BATCH = 256
 
 
@@ -174,9 +172,9 @@ class Features:
 
     def body_digest(self) -> str:
         """tree_digest of the body's parameters and statistics, remembered while its arrays
-        stay the same objects (jax arrays are immutable: hashing ResNet34's 87 MB body took
-        0.19 s on a GPU machine, and every validation after precompute asks). The memo holds
-        weak references, so it never keeps an old body alive on the device."""
+        stay the same objects (jax arrays are immutable, and hashing ResNet34's 87 MB body on
+        every validation after precompute would cost a device copy each time). The memo
+        holds weak references, so it never keeps an old body alive on the device."""
         state = self.learn.state
         body = {'params': state.params['body'], 'batch_stats': state.batch_stats.get('body')}
         leaves = jax.tree_util.tree_leaves(body)

@@ -170,7 +170,7 @@ SHARDED = textwrap.dedent('''
 
 def test_sharded_batches_on_8_cpu_devices():
     order = epoch_order(0, 0, 20).tolist()  # the order does not depend on the device count
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu')
+    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8", JAX_PLATFORMS='cpu')
     r = subprocess.run([sys.executable, '-c', SHARDED.replace('{order}', str(order))], env=env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and 'SHARDED-OK' in r.stdout, r.stderr[-3000:]

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 
 from jaxcls import ConvLearner, ImageClassifierData, tfms_from_model
-from test_learner import TINY, make_folder
+from helpers import TINY, make_folder
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), '..', '..', 'examples', 'functional_fit.py')
 

@@ -24,7 +24,8 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from . import Kernels, winograd
+from . import winograd
+from .kernels import Kernels
 from .plain import lax_conv
 from .tiny import conv_patches, conv_taps, is_tiny, taps
 

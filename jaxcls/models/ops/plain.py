@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from . import Kernels
+from .kernels import Kernels
 from .tiny import conv_patches, is_tiny
 
 

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from test_learner import make_folder
+from helpers import make_folder
 
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'examples')
+EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'examples')
 SCRIPT = os.path.join(EXAMPLES, 'lesson1.py')
 NOTEBOOK = os.path.join(EXAMPLES, 'lesson1.ipynb')
 

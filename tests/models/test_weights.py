@@ -25,7 +25,9 @@ from jaxcls.models import weights as W
 from jaxcls.archs import ArchSpec, WeightFile
 from jaxcls.models.resnet import ResNet
 
-FIXTURES = Path(__file__).parent / 'fixtures'
+from helpers import write_safetensors
+
+FIXTURES = Path(__file__).parent.parent / 'fixtures'
 SENTINEL = 'JAXCLS_PWNED'  # what the malicious fixtures would `touch` in the cwd
 
 
@@ -110,22 +112,6 @@ def test_safetensors_agrees_with_the_reference_parser():
             continue  # numpy has no bfloat16; the reference parser refuses or returns raw
         np.testing.assert_array_equal(ours[k], v, err_msg=k)
         assert ours[k].dtype == v.dtype
-
-
-def write_safetensors(path, tensors, metadata=None):
-    """Minimal safetensors writer (numpy) for tests."""
-    codes = {'float32': 'F32', 'float16': 'F16', 'int64': 'I64', 'uint8': 'U8'}
-    header, blobs, off = {}, [], 0
-    if metadata:
-        header['__metadata__'] = metadata
-    for k, v in tensors.items():
-        b = np.ascontiguousarray(v).astype(v.dtype.newbyteorder('<')).tobytes()
-        header[k] = {'dtype': codes[v.dtype.name], 'shape': list(v.shape),
-                     'data_offsets': [off, off + len(b)]}
-        blobs.append(b)
-        off += len(b)
-    h = json.dumps(header).encode()
-    Path(path).write_bytes(struct.pack('<Q', len(h)) + h + b''.join(blobs))
 
 
 def test_safetensors_bad_offsets_and_dtype(tmp_path):

@@ -19,7 +19,7 @@ from PIL import Image
 
 from jaxcls import ConvLearner, ImageClassifierData, tfms_from_model, transforms_side_on
 
-from test_learner import SZ, TINY
+from helpers import SZ, TINY
 
 # name (relative to the class folder) -> 'decoded' or a piece of the skip reason.
 EXPECT = {

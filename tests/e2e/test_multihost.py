@@ -18,7 +18,16 @@ from jaxcls.data.imagedata import ImageDataset
 from jaxcls.data.items import folder_items
 from jaxcls.data.loader import DataLoader, replicate, shard_indices
 
-from test_learner import make_folder
+from helpers import make_folder
+
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/: helpers.py
+
+
+def _one_device_env() -> dict:
+    """This process's environment for a worker with one CPU device (no forced device count)."""
+    env = dict(os.environ)
+    env['XLA_FLAGS'] = ' '.join(f for f in env.get('XLA_FLAGS', '').split() if 'device_count' not in f)
+    return env
 
 WORKER = textwrap.dedent('''
     import json, os, sys, threading, time
@@ -40,7 +49,7 @@ WORKER = textwrap.dedent('''
         return real_decode(src, *a, **k)
     decode_one.decode_image = counting
     sys.path.insert(0, tests)
-    from test_learner import TINY
+    from helpers import TINY
     from jaxcls import ConvLearner, ImageClassifierData, tfms_from_model, transforms_side_on
     from jaxcls.data.loader import replicate, to_host
 
@@ -94,12 +103,12 @@ def run(tmp_path_factory):
     # One undecodable file at an odd index: process 1 keeps one image fewer than process 0.
     (root / 'train' / 'cats' / 'cats.00.png').write_bytes(b'')
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+    env = _one_device_env()
     env.update(JAX_PLATFORMS='cpu', JAXCLS_TEST_COMPILE_CACHE=jax.config.jax_compilation_cache_dir)
     t0 = time.time()
     procs = [subprocess.Popen(
         [sys.executable, '-c', WORKER, str(i), str(port), str(root),
-         str(root / f'params{i}.npz'), os.path.dirname(__file__)],
+         str(root / f'params{i}.npz'), TESTS],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     outs = []
     try:
@@ -200,7 +209,7 @@ def test_a_bad_file_on_one_process_stops_both(run):
     in a collective: both stop, each saying why."""
     root = run[0]
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+    env = _one_device_env()
     t0 = time.time()
     procs = [subprocess.Popen([sys.executable, '-c', RAISE, str(i), str(port), root], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

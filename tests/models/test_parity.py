@@ -8,7 +8,7 @@ and run on the same random batch in eval and train mode.
 Needs torch and torchvision next to jaxcls (skipped otherwise, reason shown with -rs):
 
     make parity      # builds .venv-torch (torch==2.14.1 torchvision==0.29.1 safetensors + jaxcls)
-    .venv-torch/bin/python -m pytest tests/test_parity.py -s   # -s prints the numbers
+    .venv-torch/bin/python -m pytest tests/models/test_parity.py -s   # -s prints the numbers
 """
 import functools
 import tempfile
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip('torch', reason='parity with torchvision needs torch installed '
-                                             '(see the docstring of tests/test_parity.py)')
+                                             '(see the docstring of tests/models/test_parity.py)')
 torchvision = pytest.importorskip('torchvision', reason='parity needs torchvision installed')
 safetensors_torch = pytest.importorskip('safetensors.torch', reason='parity needs safetensors')
 

@@ -9,8 +9,8 @@ from flax import traverse_util
 
 from jaxcls.models import resnet34 as jaxcls_resnet34
 
-from test_learner import make_folder
-from test_weights import write_safetensors
+from helpers import make_folder
+from helpers import write_safetensors
 
 
 def write_resnet34_weights(folder):

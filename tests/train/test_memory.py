@@ -9,7 +9,7 @@ from jaxcls import ConvLearner, ImageClassifierData, tfms_from_model
 from jaxcls.train.memory import (BatchSizeChoice, OutOfDeviceMemory, choose_batch_size,
                                  device_budget)
 
-from test_learner import TINY, learner
+from helpers import TINY, learner
 
 
 @pytest.fixture(scope='module')

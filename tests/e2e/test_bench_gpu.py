@@ -10,7 +10,7 @@ import tempfile
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(REPO, 'bench', 'bench_gpu.sh')
 # The table's rows, by the id in their first cell, and whether the row has a torch value.
 ROWS = {'1': True, '2': False, '3': True, '4a': False, '4b': False, '4c': False, '4': False,

@@ -18,7 +18,7 @@ import pytest
 
 from jaxcls.cli import main
 
-from test_learner import make_folder
+from helpers import make_folder
 
 TRAIN_FLAGS = ['--arch', 'resnet18', '--sz', '32', '--bs', '8', '--no-pretrained']
 

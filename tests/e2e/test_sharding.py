@@ -13,7 +13,7 @@ SCRIPT = textwrap.dedent('''
     import sys, json
     import numpy as np, jax
     sys.path.insert(0, {tests!r})
-    from test_learner import TINY, colour_square_arrays
+    from helpers import TINY, colour_square_arrays
     from jaxcls import ConvLearner, ImageClassifierData, tfms_from_model, transforms_side_on
     x, y = colour_square_arrays(40)
     tfms = tfms_from_model(TINY, 32, aug_tfms=transforms_side_on, max_zoom=1.1)
@@ -38,9 +38,9 @@ SCRIPT = textwrap.dedent('''
 
 def _run(tmp_path, ndev):
     out = tmp_path / f'params{ndev}.npz'
-    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={ndev}',
+    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={ndev}",
                JAX_PLATFORMS='cpu')
-    code = SCRIPT.format(tests=os.path.dirname(__file__), tmp=str(tmp_path / f'd{ndev}'), out=str(out))
+    code = SCRIPT.format(tests=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), tmp=str(tmp_path / f'd{ndev}'), out=str(out))
     r = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

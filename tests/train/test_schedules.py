@@ -7,36 +7,7 @@ import pytest
 from jaxcls.train.schedules import (lr_range, one_cycle, one_cycle_momentum, sgdr, sgdr_epochs,
                                     table)
 
-
-class FastaiCosAnneal:
-    """fastai 0.7 `CosAnneal.calc_lr` with LR_Updater's bookkeeping, transcribed (float64).
-
-    LR_Updater calls calc_lr once at train begin and again after every batch; call k
-    sets the rate used by batch k.
-    """
-
-    def __init__(self, nb, cycle_mult=1):
-        self.nb, self.cycle_mult = nb, cycle_mult
-        self.cycle_iter, self.cycle_count, self.iteration = 0, 0, 0
-
-    def calc_lr(self, init_lrs):
-        if self.iteration < self.nb / 20:
-            self.cycle_iter += 1
-            return init_lrs / 100.
-        cos_out = np.cos(np.pi * self.cycle_iter / self.nb) + 1
-        self.cycle_iter += 1
-        if self.cycle_iter == self.nb:
-            self.cycle_iter = 0
-            self.nb *= self.cycle_mult
-            self.cycle_count += 1
-        return init_lrs / 2 * cos_out
-
-    def run(self, init_lrs, n):
-        out = []
-        for _ in range(n):
-            out.append(self.calc_lr(init_lrs))
-            self.iteration += 1
-        return np.array(out)
+from helpers import FastaiCosAnneal
 
 
 @pytest.mark.parametrize('batches,cycle_len,cycle_mult,n_cycle', [

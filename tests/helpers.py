@@ -1,0 +1,107 @@
+"""What several test files share: the tiny arch, generated image folders and arrays, the
+learner they build, tree comparisons, fastai 0.7's CosAnneal as a reference, a safetensors
+writer. tests/conftest.py puts this folder on sys.path, so `from helpers import ...` works
+from every subfolder (and from the scripts the subprocess tests run)."""
+import json
+import os
+import struct
+from pathlib import Path
+
+import jax
+import numpy as np
+from PIL import Image
+
+from jaxcls import ConvLearner
+from jaxcls.archs import ArchSpec
+
+# One basic block per stage: every code path of ResNet34 at a fraction of the compile time.
+TINY = ArchSpec('resnet_tiny', 'basic', (1, 1, 1, 1), 512)
+
+
+SZ = 32
+
+
+def make_folder(root, n_train=24, n_valid=12, size=40, seed=0, classes=('cats', 'dogs')):
+    """Two visually separable classes: a red or a blue square at a random place on dark noise."""
+    rng = np.random.default_rng(seed)
+    for split, n in (('train', n_train), ('valid', n_valid)):
+        for c, cls in enumerate(classes):
+            os.makedirs(f'{root}/{split}/{cls}', exist_ok=True)
+            for i in range(n):
+                x = rng.integers(0, 80, (size, size, 3)).astype(np.uint8)
+                r, col = rng.integers(2, size - 18, 2)
+                x[r:r + 16, col:col + 16, 0 if c == 0 else 2] = 230
+                Image.fromarray(x).save(f'{root}/{split}/{cls}/{cls}.{i}.png')
+    return str(root)
+
+
+def colour_square_arrays(n, seed=0):
+    """(x, y): n 36 px uint8 images of dark noise with a fixed red (class 0) or blue (class 1)
+    square, for from_arrays."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    x = rng.integers(0, 80, (n, 36, 36, 3)).astype(np.uint8)
+    x[y == 1, 8:24, 8:24, 2] = 230
+    x[y == 0, 8:24, 8:24, 0] = 230
+    return x, y
+
+
+def learner(data, **kw):
+    return ConvLearner.pretrained(TINY, data, pretrained=False, quiet=True, **kw)
+
+
+def params_copy(learn):
+    return jax.tree_util.tree_map(np.array, (learn.state.params, learn.state.batch_stats,
+                                             learn.state.opt_state))
+
+
+def trees_equal(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(a),
+                                                    jax.tree_util.tree_leaves(b)))
+
+
+class FastaiCosAnneal:
+    """fastai 0.7 `CosAnneal.calc_lr` with LR_Updater's bookkeeping, transcribed (float64).
+
+    LR_Updater calls calc_lr once at train begin and again after every batch; call k
+    sets the rate used by batch k.
+    """
+
+    def __init__(self, nb, cycle_mult=1):
+        self.nb, self.cycle_mult = nb, cycle_mult
+        self.cycle_iter, self.cycle_count, self.iteration = 0, 0, 0
+
+    def calc_lr(self, init_lrs):
+        if self.iteration < self.nb / 20:
+            self.cycle_iter += 1
+            return init_lrs / 100.
+        cos_out = np.cos(np.pi * self.cycle_iter / self.nb) + 1
+        self.cycle_iter += 1
+        if self.cycle_iter == self.nb:
+            self.cycle_iter = 0
+            self.nb *= self.cycle_mult
+            self.cycle_count += 1
+        return init_lrs / 2 * cos_out
+
+    def run(self, init_lrs, n):
+        out = []
+        for _ in range(n):
+            out.append(self.calc_lr(init_lrs))
+            self.iteration += 1
+        return np.array(out)
+
+
+def write_safetensors(path, tensors, metadata=None):
+    """Minimal safetensors writer (numpy) for tests."""
+    codes = {'float32': 'F32', 'float16': 'F16', 'int64': 'I64', 'uint8': 'U8'}
+    header, blobs, off = {}, [], 0
+    if metadata:
+        header['__metadata__'] = metadata
+    for k, v in tensors.items():
+        b = np.ascontiguousarray(v).astype(v.dtype.newbyteorder('<')).tobytes()
+        header[k] = {'dtype': codes[v.dtype.name], 'shape': list(v.shape),
+                     'data_offsets': [off, off + len(b)]}
+        blobs.append(b)
+        off += len(b)
+    h = json.dumps(header).encode()
+    Path(path).write_bytes(struct.pack('<Q', len(h)) + h + b''.join(blobs))

@@ -1,0 +1,107 @@
+"""ARCHITECTURE.md's import rules, checked on the code: imports flow down the rooms, data and
+models know nothing of each other or of train, plots imports nothing of jaxcls, no file
+imports itself back through others, and no file is over 500 lines. Every import counts,
+those inside functions too."""
+import ast
+import os
+
+import pytest
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'jaxcls')
+
+# Room -> floor; a room may import rooms on lower floors and itself. data and models share a
+# floor but may not import each other (the rule below).
+FLOORS = {'archs': 0, 'xla': 0, 'compile_cache': 0, 'plots': 0,
+          'models': 1, 'data': 1, 'cam': 2, 'interpret': 3, 'train': 4,
+          'demo': 5, 'commands': 6, 'cli': 7}
+
+
+def _modules():
+    out = {}
+    for folder, _, files in os.walk(ROOT):
+        for f in files:
+            if f.endswith('.py'):
+                path = os.path.join(folder, f)
+                rel = os.path.relpath(path, ROOT)[:-3].replace(os.sep, '.')
+                name = 'jaxcls' if rel == '__init__' else 'jaxcls.' + rel.removesuffix('.__init__')
+                out[name] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _imports(name, path):
+    """The jaxcls modules `name` imports (resolved to files), with the line of each."""
+    tree = ast.parse(open(path).read())
+    package = name if path.endswith('__init__.py') else name.rsplit('.', 1)[0]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ''
+            if node.level:
+                parts = package.split('.')
+                base = '.'.join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
+            # `from pkg import sub` depends on the submodule; `from pkg import name`, on pkg
+            targets = [f'{base}.{a.name}' if f'{base}.{a.name}' in MODULES else base
+                       for a in node.names]
+        else:
+            continue
+        for t in targets:
+            while t and t not in MODULES:
+                t = t.rpartition('.')[0]
+            if t and t != name and t != 'jaxcls':
+                found.append((t, node.lineno))
+    return found
+
+
+def _room(name):
+    return name.split('.')[1]
+
+
+GRAPH = {n: _imports(n, p) for n, p in MODULES.items()}
+
+
+def test_imports_flow_down_the_rooms():
+    wrong = []
+    for name, deps in GRAPH.items():
+        if name == 'jaxcls':   # the public API names every room, importing on first use
+            continue
+        for dep, line in deps:
+            a, b = _room(name), _room(dep)
+            if a == b:
+                continue
+            if FLOORS[b] >= FLOORS[a] or {a, b} == {'data', 'models'}:
+                wrong.append(f'{os.path.relpath(MODULES[name], ROOT)}:{line} ({a}) imports {dep} ({b})')
+    assert not wrong, '\n'.join(sorted(set(wrong)))
+
+
+def test_plots_draws_plain_arrays():
+    assert GRAPH['jaxcls.plots'] == []
+
+
+def test_no_import_circle():
+    state, stack, circles = {}, [], []
+
+    def visit(n):
+        state[n] = 'open'
+        stack.append(n)
+        for dep, _ in GRAPH[n]:
+            if state.get(dep) == 'open':
+                circles.append(stack[stack.index(dep):] + [dep])
+            elif dep not in state:
+                visit(dep)
+        stack.pop()
+        state[n] = 'done'
+    for n in GRAPH:
+        if n not in state and n != 'jaxcls':
+            visit(n)
+    assert not circles, circles
+
+
+@pytest.mark.parametrize('name', sorted(MODULES))
+def test_no_file_is_over_500_lines(name):
+    with open(MODULES[name]) as f:
+        assert sum(1 for _ in f) <= 500, MODULES[name]
