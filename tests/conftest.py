@@ -26,3 +26,7 @@ _CACHE = os.environ.get('JAXCLS_TEST_COMPILE_CACHE') or os.path.join(
 jax.config.update('jax_compilation_cache_dir', _CACHE)
 # Every program is kept, the quickest too: test files build the same small learners.
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+# The subprocesses tests start (the CLI, the examples, killed runs) inherit the same cache
+# through jax's environment variables, so nothing a test runs writes to ~/.cache/jaxcls.
+os.environ['JAX_COMPILATION_CACHE_DIR'] = _CACHE
+os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'

@@ -21,6 +21,7 @@ SCRIPT = textwrap.dedent('''
 
 def _run(env, compile=False):
     env = dict(os.environ, JAX_PLATFORMS='cpu', **env)
+    env.pop('JAX_COMPILATION_CACHE_DIR', None)   # conftest's, for the suite's subprocesses
     r = subprocess.run([sys.executable, '-c', SCRIPT] + (['compile'] if compile else []), env=env, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
