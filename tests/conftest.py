@@ -11,22 +11,18 @@ import tempfile
 TEST_XLA_FLAGS = '--xla_backend_optimization_level=1'
 os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
 
-import jax  # noqa: E402 (XLA_FLAGS first)
+# Many tests build the same small networks; XLA's persistent cache lets every test after
+# the first reuse a compiled step instead of compiling it again (compiles dominate here).
+# Every program is kept, the quickest too. Set as jax's environment variables (read when jax
+# is imported), so the subprocesses tests start (the CLI, the examples, killed runs)
+# share the cache too and nothing a test runs writes to ~/.cache/jaxcls.
+CACHE = os.environ.get('JAXCLS_TEST_COMPILE_CACHE') or os.path.join(
+    tempfile.gettempdir(), f'jaxcls-test-xla-cache-{os.getuid()}')
+os.environ['JAX_COMPILATION_CACHE_DIR'] = CACHE
+os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
 
 # Test files in subfolders import the shared helpers of tests/ (make_folder, TINY, ...) by name.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 # Tests never download: make any hub lookup fail fast instead of hanging on the network.
 os.environ.setdefault('JAXCLS_OFFLINE', '1')
-
-# Many tests build the same small networks; XLA's persistent cache lets every test after
-# the first reuse a compiled step instead of compiling it again (compiles dominate here).
-_CACHE = os.environ.get('JAXCLS_TEST_COMPILE_CACHE') or os.path.join(
-    tempfile.gettempdir(), f'jaxcls-test-xla-cache-{os.getuid()}')
-jax.config.update('jax_compilation_cache_dir', _CACHE)
-# Every program is kept, the quickest too: test files build the same small learners.
-jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
-# The subprocesses tests start (the CLI, the examples, killed runs) inherit the same cache
-# through jax's environment variables, so nothing a test runs writes to ~/.cache/jaxcls.
-os.environ['JAX_COMPILATION_CACHE_DIR'] = _CACHE
-os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'

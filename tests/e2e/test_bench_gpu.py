@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
@@ -37,10 +36,7 @@ def summary_rows(stdout: str) -> dict:
 @pytest.mark.skipif(shutil.which('bash') is None, reason='needs bash')
 def test_bench_gpu_tiny(tmp_path):
     workdir = tmp_path / 'bench'
-    env = dict(os.environ, PYTHON=sys.executable,
-               # the test suite's shared XLA cache (see conftest.py): reruns compile less
-               JAXCLS_COMPILATION_CACHE=os.environ.get('JAXCLS_TEST_COMPILE_CACHE') or os.path.join(
-                   tempfile.gettempdir(), f'jaxcls-test-xla-cache-{os.getuid()}'))
+    env = dict(os.environ, PYTHON=sys.executable)   # with the suite's XLA cache (conftest.py)
     env.pop('JAX_PLATFORMS', None)  # --tiny picks the CPU itself
     p = subprocess.run(['bash', SCRIPT, '--tiny', '--workdir', str(workdir),
                         '--torch-python', sys.executable], cwd=str(tmp_path), env=env,

@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import jax
 import pytest
 
 from helpers import make_folder
@@ -77,11 +76,7 @@ def test_notebook_cells_are_the_scripts_cells():
 def test_lesson1_quick_end_to_end(tmp_path):
     path = make_folder(tmp_path / 'dogscats', n_train=12, n_valid=6)
     out = tmp_path / 'figures'
-    env = dict(os.environ, JAXCLS_OFFLINE='1',
-               # the suite's shared XLA cache (conftest.py): a rerun of the suite loads the
-               # lesson's compiled steps instead of compiling them again
-               JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+    env = dict(os.environ, JAXCLS_OFFLINE='1')   # the suite's XLA cache comes with it (conftest.py)
     p = subprocess.run([sys.executable, SCRIPT, '--path', path, '--arch', 'resnet18', '--sz', '32',
                         '--quick', '--out', str(out)], capture_output=True, text=True, env=env,
                        timeout=600)

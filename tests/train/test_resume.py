@@ -90,9 +90,7 @@ SCRIPT = textwrap.dedent('''
 
 def _env(ndev):
     env = dict(os.environ, JAX_PLATFORMS='cpu', JAXCLS_OFFLINE='1',
-               XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={ndev}",
-               JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir or '',
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+               XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={ndev}")
     return env
 
 
