@@ -8,12 +8,14 @@ are the checks every constructor of the data object makes of ``tfms=`` and
 """
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from jaxcls.data.decode_cache import default_cache_size
 from jaxcls.data.loader import shard_indices
+from jaxcls.data.tfm_ops import denorm as tfm_denorm
 
 if TYPE_CHECKING:
     from jaxcls.data.decode import Decoded
@@ -37,6 +39,9 @@ class ImageDataset:
       cache_file: the .npy the images live in, or None.
       ids: int64 position of each row in the whole split when this dataset is
         one process's share of it (several processes); None for a whole split.
+      transform: the TfmConfig of the loaders over this split (set by the data
+        object: training transforms on trn_ds, validation ones on the others),
+        whose normalisation :meth:`denorm` undoes; None for a bare dataset.
     """
 
     def __init__(self, x: np.ndarray, y: np.ndarray | None, fnames: Sequence[str],
@@ -55,6 +60,7 @@ class ImageDataset:
         self.from_cache = from_cache
         self.labelled = labelled and y is not None
         self.ids = None if ids is None else np.asarray(ids, np.int64).reshape(-1)
+        self.transform = None
         if not (len(self.x) == len(self.y) == len(self.fnames)):
             raise ValueError(f'{len(self.x)} images, {len(self.y)} targets and {len(self.fnames)} '
                              f'names; they must match')
@@ -86,6 +92,43 @@ class ImageDataset:
                             fingerprint=f'{self.fingerprint}-p{index}of{count}' if self.fingerprint
                             else '', skipped=self.skipped, cache_file=self.cache_file,
                             from_cache=self.from_cache, labelled=self.labelled, ids=idx)
+
+    def with_transform(self, tfm: Any) -> 'ImageDataset':
+        """A copy (sharing the arrays) whose :attr:`transform` is `tfm`."""
+        new = copy.copy(self)
+        new.transform = tfm
+        return new
+
+    def denorm(self, x: Any) -> np.ndarray:
+        """Images as the model saw them back to displayable pixels: numpy float32 (n, H, W, 3)
+        in [0, 1], fastai 0.7's ``ds.denorm``.
+
+        `x` is normalised float images from a loader (``x, y = next(iter(data.val_dl))``),
+        in jaxcls's NHWC or fastai's NCHW layout, one image or a batch (one image gains a
+        batch axis, as in fastai); uint8 images (``ds.x``, ``ds[i][0]``) are raw pixels and
+        only scaled to [0, 1].
+
+        >>> from jaxcls.data.tfm_config import tfms_from_stats
+        >>> _, val = tfms_from_stats(((0.5,) * 3, (0.25,) * 3), 2)
+        >>> ds = ImageDataset(np.zeros((1, 2, 2, 3), np.uint8), [0], ['a'], ['x']).with_transform(val)
+        >>> ds.denorm(np.zeros((3, 2, 2))).shape, float(ds.denorm(np.full((1, 2, 2, 3), 2.0)).max())
+        ((1, 2, 2, 3), 1.0)
+        """
+        x = np.asarray(x)
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4 or 3 not in (x.shape[1], x.shape[3]):
+            raise ValueError(f'denorm takes images (n, H, W, 3) or (n, 3, H, W), or one image; '
+                             f'got shape {x.shape}')
+        if x.shape[3] != 3:
+            x = np.moveaxis(x, 1, 3)               # fastai's NCHW -> NHWC
+        if x.dtype == np.uint8:
+            return x.astype(np.float32) / 255.0
+        if self.transform is None:
+            raise ValueError('this dataset has no transform to undo; take it from a data object '
+                             'built with tfms=tfms_from_model(arch, sz) (data.trn_ds.denorm), or '
+                             'call transforms.denorm(x, tfm) with the config')
+        return tfm_denorm(x, self.transform)
 
     @property
     def c(self) -> int:

@@ -28,7 +28,6 @@ versions of one image) return them as 0..1 float arrays, ready to draw.
 """
 from __future__ import annotations
 
-import functools
 import os
 from typing import Any, Sequence
 
@@ -39,8 +38,9 @@ from jaxcls.data import decode as dec
 from jaxcls.data import items as it
 from jaxcls.data import transforms as T
 from jaxcls.data.dataset import ImageDataset, check_tfms, resolve_size
-from jaxcls.data.loader import DataLoader, all_processes, shard_indices
+from jaxcls.data.loader import all_processes, shard_indices
 from jaxcls.data.tfds import read_tfds
+from jaxcls.data.tfm_loader import TfmDataLoader, jitted
 
 # ImageDataset lives in jaxcls.data.dataset; it is importable from here as before.
 __all__ = ['ImageDataset', 'ImageClassifierData']
@@ -60,15 +60,6 @@ def _preview_key(key: Any) -> jax.Array:
     return key
 
 
-@functools.lru_cache(maxsize=None)
-def _jitted(name: str):
-    """transforms.augment / aug_samples under jit (configs static): one compile per shape
-    instead of the many small ones of an eager call."""
-    if name == 'augment':
-        return jax.jit(T.augment, static_argnums=2)
-    return jax.jit(T.aug_samples, static_argnums=(2, 3))
-
-
 class ImageClassifierData:
     """Training, validation (and test) images, decoded once, with their loaders.
 
@@ -77,7 +68,12 @@ class ImageClassifierData:
       classes, c: class names (sorted) and their number.
       is_multi: multi-label targets (float multi-hot) instead of class indices.
       trn_ds, val_ds, test_ds: :class:`ImageDataset` (test_ds may be None).
-      trn_dl, val_dl, test_dl: :class:`DataLoader` (test_dl may be None).
+      trn_dl, val_dl, test_dl: the loaders of the three splits (test_dl may be None);
+      fix_dl (training images, validation transforms), aug_dl (validation images,
+        training transforms), test_aug_dl (test images, training transforms): as
+        fastai 0.7. Each is a :class:`~jaxcls.data.tfm_loader.TfmDataLoader`:
+        ``x, y = next(iter(data.aug_dl))`` gives transformed images, and
+        ``iter_epoch(e)`` the uint8 batches the train step reads.
       trn_y, val_y: targets of the training and validation images.
       bs, sz, tfms: batch size, training image size, (trn_cfg, val_cfg).
       cache_size: side of the decoded uint8 squares.
@@ -97,9 +93,15 @@ class ImageClassifierData:
         if n_proc > 1:  # whole splits (e.g. TFDS, decoded by every process): keep this one's share
             trn_ds, val_ds, test_ds = (ds if ds is None or ds.ids is not None else ds.shard(p, n_proc)
                                        for ds in (trn_ds, val_ds, test_ds))
-        self.trn_ds, self.val_ds, self.test_ds = trn_ds, val_ds, test_ds
+        t_trn, t_val = self.tfms
+        # each split's dataset knows its loaders' transform, for ds.denorm (fastai 0.7's)
+        self.trn_ds, self.val_ds, self.test_ds = (
+            None if ds is None else ds.with_transform(t)
+            for ds, t in ((trn_ds, t_trn), (val_ds, t_val), (test_ds, t_val)))
         self.classes = list(trn_ds.classes)
         self.is_multi = trn_ds.is_multi
+        it.check_classes(self.classes, self.is_multi, 'the training set',
+                         'give the data two classes or more')
         self.bs = int(bs)
         szs = [int(t.sz) for t in self.tfms if t is not None]
         self.sz = max(szs) if szs else trn_ds.cache_size
@@ -112,10 +114,15 @@ class ImageClassifierData:
     def _make_loaders(self) -> None:
         kw = dict(bs=self.bs, prefetch=self.prefetch, mesh=self.mesh)
         trn, val, test = self.trn_ds, self.val_ds, self.test_ds
-        self.trn_dl = DataLoader(trn.x, trn.y, shuffle=True, key=self.key,
-                                 drop_last=self.drop_last, ids=trn.ids, **kw)
-        self.val_dl = DataLoader(val.x, val.y, ids=val.ids, **kw)
-        self.test_dl = None if test is None else DataLoader(test.x, test.y, ids=test.ids, **kw)
+        t_trn, t_val = self.tfms
+
+        def make(ds, aug, **more):  # aug: the training transforms (random), else validation's
+            return TfmDataLoader(ds.x, ds.y, ids=ds.ids, tfm=t_trn if aug else t_val,
+                                 augment=aug, **kw, **more)
+        self.trn_dl = make(trn, True, shuffle=True, key=self.key, drop_last=self.drop_last)
+        self.val_dl, self.fix_dl, self.aug_dl = make(val, False), make(trn, False), make(val, True)
+        self.test_dl = None if test is None else make(test, False)
+        self.test_aug_dl = None if test is None else make(test, True)
         if jax.process_count() > 1:
             for nm, dl in (('train', self.trn_dl), ('valid', self.val_dl), ('test', self.test_dl)):
                 if dl is not None and dl.n_total == 0:  # the counts are shared: all processes raise
@@ -153,11 +160,9 @@ class ImageClassifierData:
         return self.val_ds.y
 
     def denorm(self, x):
-        """Normalised float images (B, sz, sz, 3) back to 0..1 float HWC, for plotting."""
-        if self.tfms[1] is None:
-            raise ValueError('denorm needs the valid transform config; build the data with '
-                             'tfms=tfms_from_model(arch, sz)')
-        return T.denorm(x, self.tfms[1])
+        """Normalised float images from a loader back to 0..1 float HWC, for plotting
+        (``val_ds.denorm``: NHWC or fastai's NCHW, one image or a batch)."""
+        return self.val_ds.denorm(x)
 
     def label_text(self, y: Any) -> str:
         """The class name of one target; multi-label: its labels, space-separated ('none').
@@ -203,7 +208,7 @@ class ImageClassifierData:
         k_pick, k_aug = jax.random.split(_preview_key(key))
         idxs = np.sort(np.asarray(jax.random.choice(k_pick, len(ds), (n,), replace=False)))
         x = np.asarray(ds.x[idxs])
-        out = _jitted('augment')(k_aug, x, cfg) if is_train else T.val_transform(x, cfg)
+        out = jitted('augment')(k_aug, x, cfg) if is_train else T.val_transform(x, cfg)
         return T.denorm(np.asarray(out), cfg), [self.label_text(ds.y[i]) for i in idxs], idxs
 
     def aug_samples(self, idx: int = 0, n: int = 8, key: Any = 0) -> np.ndarray:
@@ -218,7 +223,7 @@ class ImageClassifierData:
             raise ValueError(f'idx={idx} is out of range for {len(ds)} training images; use 0..'
                              f'{len(ds) - 1}')
         idx = int(idx) % len(ds)
-        imgs = _jitted('aug_samples')(_preview_key(key), np.asarray(ds.x[idx]), cfg, int(n))
+        imgs = jitted('aug_samples')(_preview_key(key), np.asarray(ds.x[idx]), cfg, int(n))
         return T.denorm(np.asarray(imgs), cfg)
 
     def __repr__(self) -> str:

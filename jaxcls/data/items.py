@@ -33,7 +33,7 @@ import numpy as np
 
 __all__ = [
     'IMAGE_EXTENSIONS', 'LayoutError', 'SplitItems', 'Layout', 'is_image_file',
-    'list_images', 'folder_items', 'csv_items', 'array_labels', 'get_cv_idxs',
+    'list_images', 'folder_items', 'csv_items', 'array_labels', 'get_cv_idxs', 'check_classes',
 ]
 
 #: Extensions (lower case) treated as images. Anything Pillow reads in practice.
@@ -88,6 +88,23 @@ class Layout:
     valid: SplitItems
     test: SplitItems | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def check_classes(classes: Sequence, is_multi: bool, where: str, fix: str) -> None:
+    """LayoutError unless a single-label dataset has two classes or more (a softmax over one
+    class is always right, so it would train to a perfect score and learn nothing). A
+    multi-label dataset may have one label: each image has it or not.
+
+    >>> check_classes(['cats'], False, 'train/', 'add train/dogs/')
+    Traceback (most recent call last):
+    ...
+    jaxcls.data.items.LayoutError: train/ has one class, 'cats'; a classifier needs two or more (a model that always answers 'cats' would score 100%). Fix: add train/dogs/
+    """
+    if not is_multi and len(classes) < 2:
+        one = f"one class, {str(classes[0])!r}" if len(classes) else 'no classes'
+        what = f'always answers {str(classes[0])!r}' if len(classes) else 'answers nothing'
+        raise LayoutError(f'{where} has {one}; a classifier needs two or more (a model that '
+                          f'{what} would score 100%). Fix: {fix}')
 
 
 def is_image_file(name: str) -> bool:
@@ -270,6 +287,9 @@ def folder_items(path: str, trn_name: str = 'train', val_name: str = 'valid',
         else:
             test, tskip = _unlabelled_split(path, test_name)
         skipped += tskip
+    check_classes(classes, False, f'{trn_name}/',
+                  f'add a folder of images per class under {trn_name}/ and {val_name}/ (e.g. '
+                  f'{trn_name}/other/ beside {trn_name}/{classes[0]}/ for "{classes[0]} or not")')
     return Layout(path, classes, False, trn, val, test, skipped)
 
 
@@ -362,6 +382,7 @@ def csv_items(path: str, folder: str, csv_fname: str, val_idxs: Sequence[int] | 
         raise LayoutError(f'{csv_path} has no labels in its second column')
     index = {c: i for i, c in enumerate(classes)}
     is_multi = not all(len(ts) == 1 for ts in labels)
+    check_classes(classes, is_multi, csv_path, 'give the rows of the CSV two labels or more')
     if is_multi:
         y = np.zeros((len(rows), len(classes)), np.float32)
         for i, ts in enumerate(labels):
@@ -426,4 +447,7 @@ def array_labels(trn_y, val_y, classes: Sequence | None = None
         if len(classes) < c:
             raise LayoutError(f'classes has {len(classes)} names but the labels need {c} '
                               f'(max label {c - 1}); pass one name per class')
+    check_classes(classes, is_multi, 'the labels',
+                  'pass labels of two classes or more (0 and 1 at least), or classes= naming '
+                  'every class')
     return ys[0], ys[1], classes, is_multi

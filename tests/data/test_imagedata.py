@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from jaxcls.data import decode as dec
-from jaxcls.data import decode_one
+from jaxcls.data import decode_one, tfm_loader
 from jaxcls.data.imagedata import ImageClassifierData, ImageDataset
 
 # Stand-in for transforms.TfmConfig: the data layer only reads sz, mean and std.
@@ -51,12 +51,12 @@ def test_from_paths_attributes(tmp_path):
     assert len(data.trn_dl) == 2 and len(data.val_dl) == 1 and len(data.test_dl) == 1
     assert data.tfms == TFMS and data.skipped == []
     assert len(data.trn_ds.fingerprint) == 20 and data.trn_ds.fingerprint != data.val_ds.fingerprint
-    b = next(iter(data.val_dl))
+    b = next(data.val_dl.iter_epoch(0))  # the step's view: uint8, label, mask
     assert set(b) == {'image', 'label', 'mask'} and b['image'].shape == (4, 18, 18, 3)
     assert np.asarray(b['label']).tolist() == [0, 0, 1, 1]
     # the training loader shuffles and sees every image once per epoch
     seen = []
-    for b in data.trn_dl:
+    for b in data.trn_dl.iter_epoch(0):
         m = np.asarray(b['mask']) > 0
         seen += list(zip(colour_class(b['image'][m]), np.asarray(b['label'])[m].tolist()))
     assert len(seen) == 6 and all(a == b for a, b in seen)
@@ -129,7 +129,7 @@ def test_from_csv_multi_label(tmp_path):
     assert data.is_multi and data.classes == ['cats', 'dogs', 'fish'] and data.c == 3
     assert data.val_y.tolist() == [[0, 1, 1]] and data.trn_y.dtype == np.float32
     assert data.trn_y.tolist() == [[1, 0, 1], [0, 1, 0], [1, 0, 0]]
-    b = next(iter(data.val_dl))
+    b = next(data.val_dl.iter_epoch(0))
     assert b['label'].shape == (2, 3) and b['label'].dtype == np.float32
     assert np.asarray(b['mask']).tolist() == [1, 0]
 
@@ -180,7 +180,6 @@ def test_preview_batch_and_aug_samples(tmp_path):
     """The arrays the plots draw: picked and augmented with the key, denormalised, titled."""
     import jax
     tr = pytest.importorskip('jaxcls.data.transforms')
-    from jaxcls.data import imagedata
     trn_cfg, val_cfg = tr.tfms_from_stats(((0.5,) * 3, (0.25,) * 3), 16,
                                           aug_tfms=tr.transforms_side_on, max_zoom=1.1)
     rng = np.random.default_rng(0)
@@ -195,7 +194,7 @@ def test_preview_batch_and_aug_samples(tmp_path):
     assert idxs.tolist() == sorted(set(idxs.tolist())) and len(idxs) == 4
     assert titles == [['cats', 'dogs'][y[i]] for i in idxs]
     _, k_aug = jax.random.split(jax.random.PRNGKey(2))
-    ref = tr.denorm(np.asarray(imagedata._jitted('augment')(k_aug, x[idxs], trn_cfg)), trn_cfg)
+    ref = tr.denorm(np.asarray(tfm_loader.jitted('augment')(k_aug, x[idxs], trn_cfg)), trn_cfg)
     np.testing.assert_allclose(imgs, ref, atol=1e-6)
     assert not np.allclose(data.preview_batch(4, key=3)[0], imgs)
     # Validation: every image (n is capped), the exact centre crop, no randomness.

@@ -72,7 +72,7 @@ def test_from_tfds_array_record_without_tensorflow(data_dir, monkeypatch):
     assert colour_labels(data.val_ds.x) == data.val_y.tolist()
     assert data.trn_ds.fnames[0] == 'train[0]' and data.val_ds.fnames[-1] == 'test[3]'
     assert 'jaxcls_tiny_pets' in data.path and not data.trn_ds.from_cache
-    b = next(iter(data.trn_dl))
+    b = next(data.trn_dl.iter_epoch(0))
     assert b['image'].shape == (4, 14, 14, 3) and b['label'].dtype == np.int32
 
     # second run: stat-only check, no decoding, labels from the label cache

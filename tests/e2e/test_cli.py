@@ -15,6 +15,7 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from jaxcls.cli import main
 
@@ -203,3 +204,15 @@ def test_entry_point_error_in_a_subprocess(tmp_path):
     assert p.stderr.strip().splitlines() == [
         f"jaxcls: error: dataset folder '{tmp_path / 'missing'}' does not exist; pass the "
         'folder that holds train/ and valid/']
+
+
+def test_train_refuses_a_one_class_folder(tmp_path):
+    for split in ('train', 'valid'):
+        os.makedirs(tmp_path / split / 'cats')
+        for i in range(2):
+            Image.new('RGB', (12, 12), (40 * i, 0, 0)).save(tmp_path / split / 'cats' / f'{i}.png')
+    rc, out, err = run(['train', tmp_path, *TRAIN_FLAGS])
+    assert rc == 2, err
+    assert err.startswith("jaxcls: error: train/ has one class, 'cats'; a classifier needs two")
+    assert err.count('\n') == 1 and 'Traceback' not in err
+    assert sorted(os.listdir(tmp_path)) == ['train', 'valid']     # nothing decoded or saved

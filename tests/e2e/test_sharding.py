@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent('''
     # chaotic: a 1e-6 relative nudge to its weights changes the loss by ~10% within 4 steps
     # on ONE device, so only the first steps can show that sharding changes nothing else.
     learn.fit(1e-3, 1)
-    batch = next(iter(data.trn_dl))
+    batch = next(data.trn_dl.iter_epoch(0))
     leaves = jax.tree_util.tree_leaves((learn.state.params, learn.state.batch_stats))
     np.savez({out!r}, *[np.asarray(a) for a in leaves])
     print(json.dumps({{'devices': jax.device_count(),

@@ -69,7 +69,7 @@ def test_pretrained_bs_auto_judges_the_unfrozen_step_and_uses_the_choice(data):
     assert (c.bs, c.need, c.budget, c.tried) == (8, need8, need8, [(16, need16), (8, need8)])
     assert learn.data.bs == 8 and len(learn.data.trn_dl) == 5 and learn.data.trn_dl.bs == 8
     assert data.bs == 16 and learn.data is not data          # the caller's data is unchanged
-    batch = next(iter(learn.data.trn_dl))
+    batch = next(learn.data.trn_dl.iter_epoch(0))
     assert batch['image'].shape == (8, 36, 36, 3)
     assert ConvLearner.pretrained(TINY, data, pretrained=False, quiet=True, bs=4).data.bs == 4
     with pytest.raises(ValueError, match="bs='big'; use an int, None"):
