@@ -8,7 +8,9 @@ Without a display (no $DISPLAY, as on servers and in CI) the Agg backend is used
 - interpretation (:mod:`jaxcls.interpret`): `plot_interpretation`, `plot_top_losses`,
   `plot_most_correct` / `plot_most_incorrect` / `plot_most_uncertain`,
   `plot_confusion_matrix`;
-- data: `show_batch`, `aug_preview`, `batch_images` (the pixels show_batch draws).
+- data: `show_batch`, `aug_preview`, `batch_images` (the pixels show_batch draws);
+- fastai 0.7's `fastai.plots`, with its arguments: `plots`, `plots_from_files`,
+  `load_img_id`, `plot_confusion_matrix`; ``plt`` is pyplot itself.
 
 Nothing here computes pixels: the objects passed in supply displayable arrays
 (`data.preview_batch`, `data.aug_samples`, `interp.display_images`), and this
@@ -24,6 +26,22 @@ import sys
 from typing import Any, Optional
 
 import numpy as np
+
+
+__all__ = [
+    'plt', 'plot_lr', 'plot_lr_find', 'plot_loss', 'overlay_heatmap', 'plot_images', 'plots',
+    'plots_from_files', 'load_img_id', 'plot_interpretation', 'plot_top_losses',
+    'plot_most_correct', 'plot_most_incorrect', 'plot_most_uncertain', 'plot_confusion_matrix',
+    'batch_images', 'show_batch', 'aug_preview',
+]
+
+
+def __getattr__(name: str) -> Any:
+    """``plots.plt``: matplotlib.pyplot, imported on first use with the backend chosen here
+    (what ``from jaxcls.plots import *`` and jaxcls.imports hand a notebook)."""
+    if name == 'plt':
+        return _plt()
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
 def _plt():
@@ -235,6 +253,36 @@ def plot_images(images, titles=None, rows: int = 1, figsize=None, fname=None, he
     return _finish(_grid(images, titles, rows, figsize, heatmaps), fname)
 
 
+# fastai 0.7's image plots (fastai.plots), with its arguments. Like fastai's they draw on
+# a new pyplot figure and return None, so a notebook shows the figure once.
+def plots(ims, figsize=(12, 6), rows: int = 1, interp: bool = False, titles=None,
+          maintitle=None):
+    """A grid of images, fastai 0.7's `plots`: (N, H, W, 3) or fastai's (N, 3, H, W), uint8
+    or floats in [0, 1] (``ds.denorm(x)`` of a loader's x); `interp` smooths the pixels."""
+    if getattr(ims, 'ndim', 0) == 4 and ims.shape[-1] != 3 and ims.shape[1] == 3:
+        ims = np.moveaxis(np.asarray(ims), 1, 3)          # fastai's NCHW
+    fig = _grid(ims, titles, rows, figsize, suptitle=maintitle, fn='plots')
+    if interp:
+        for ax in fig.axes:
+            for im in ax.get_images():
+                im.set_interpolation('bilinear')
+    fig.tight_layout()
+
+
+def plots_from_files(imspaths, figsize=(10, 5), rows: int = 1, titles=None, maintitle=None):
+    """Image files in a grid (fastai 0.7's `plots_from_files`), read with plt.imread."""
+    plt = _plt()
+    plots([plt.imread(os.fspath(p)) for p in imspaths], figsize, rows, titles=titles,
+          maintitle=maintitle)
+
+
+def load_img_id(ds, idx: int, path: Any):
+    """Image `idx` of dataset `ds` as fastai 0.7 read it: the file ``path/ds.fnames[idx]``
+    as a numpy array (H, W, 3) uint8, at its full size."""
+    plt = _plt()
+    return np.asarray(plt.imread(os.path.join(os.fspath(path), ds.fnames[idx])))
+
+
 # ---------------------------------------------------------------------------------------
 # Interpretation: most correct / incorrect / uncertain, top losses, confusion matrix
 # ---------------------------------------------------------------------------------------
@@ -336,8 +384,8 @@ def _draw_cm(ax, cm, labels, cmap, fmt):
 
 
 def plot_confusion_matrix(interp_or_cm, classes=None, normalize: bool = False,
-                          cmap: str = 'Blues', fname=None, title: str = 'Confusion matrix',
-                          figsize=None):
+                          title: str = 'Confusion matrix', cmap: Any = 'Blues', figsize=None,
+                          fname=None):
     """The confusion matrix (rows actual, columns predicted) with the count in every cell.
 
     Args:
@@ -345,7 +393,8 @@ def plot_confusion_matrix(interp_or_cm, classes=None, normalize: bool = False,
         sklearn.metrics.confusion_matrix(y, preds)).
       classes: tick labels (default the interpretation's classes, or 0..c-1).
       normalize: divide each row by its total and show fractions.
-      cmap: matplotlib colour map name.
+      title, cmap, figsize: the title, a matplotlib colour map (a name, or a Colormap
+        such as plt.cm.Blues), the size in inches; fastai 0.7's arguments, in its order.
 
     A multi-label interpretation draws one 2x2 matrix (no / yes) per class.
 

@@ -6,7 +6,7 @@ import pytest
 
 from jaxcls import ImageClassifierData, tfms_from_model, transforms_side_on
 from jaxcls import plots
-from jaxcls.data import imagedata
+from jaxcls.data import tfm_loader
 from jaxcls.data import transforms as T
 from jaxcls.interpret import ClassificationInterpretation
 from jaxcls.train.callbacks import Recorder
@@ -272,7 +272,7 @@ def test_show_batch(data, tmp_path):
     assert titles == [data.classes[data.trn_y[i]] for i in idxs] == [ax.get_title()
                                                                        for ax in fig.axes]
     _, k_aug = jax.random.split(jax.random.PRNGKey(0))
-    augment = imagedata._jitted('augment')  # T.augment under jit: the same pixels, compiled once
+    augment = tfm_loader.jitted('augment')  # T.augment under jit: the same pixels, compiled once
     ref = T.denorm(np.asarray(augment(k_aug, np.asarray(data.trn_ds.x[idxs]), data.tfms[0])),
                    data.tfms[0])
     np.testing.assert_allclose(x01, ref, atol=1e-6)
@@ -294,7 +294,7 @@ def test_aug_preview(data, tmp_path):
     assert len(fig.axes) == 4
     imgs = np.stack([shown(ax) for ax in fig.axes])
     assert imgs.shape == (4, SZ, SZ, 3)
-    samples = imagedata._jitted('aug_samples')(jax.random.PRNGKey(5), np.asarray(data.trn_ds.x[2]),
+    samples = tfm_loader.jitted('aug_samples')(jax.random.PRNGKey(5), np.asarray(data.trn_ds.x[2]),
                                                 data.tfms[0], 4)
     ref = T.denorm(np.asarray(samples), data.tfms[0])
     np.testing.assert_allclose(imgs, ref, atol=1e-6)
@@ -303,3 +303,50 @@ def test_aug_preview(data, tmp_path):
     assert is_png(tmp_path / 'a.png')
     with pytest.raises(ValueError, match='idx=99 is out of range for 8 training images'):
         plots.aug_preview(data, 99)
+
+
+# ---------------------------------------------------------------- fastai 0.7's plots
+def test_fastai_plots_takes_either_layout_and_returns_none(tmp_path):
+    ims = np.zeros((4, 6, 6, 3), np.float32)
+    ims[:, :, :, 0] = np.linspace(0, 1, 4)[:, None, None]
+    assert plots.plots(ims, rows=2, titles=list('abcd'), maintitle='four') is None
+    fig = plt.gcf()
+    assert len(fig.axes) == 4 and fig.axes[3].get_title() == 'd'
+    assert fig._suptitle.get_text() == 'four'
+    np.testing.assert_allclose(shown(fig.axes[2])[..., 0], ims[2, ..., 0])
+    plt.close('all')
+    plots.plots(np.moveaxis(ims, 3, 1), interp=True)       # fastai's NCHW
+    fig = plt.gcf()
+    np.testing.assert_allclose(shown(fig.axes[2]), ims[2])
+    assert fig.axes[0].images[0].get_interpolation() == 'bilinear'
+
+
+def test_plots_from_files_and_load_img_id(tmp_path):
+    from PIL import Image
+    Image.new('RGB', (12, 8), (255, 0, 0)).save(tmp_path / 'a.png')
+    Image.new('RGB', (5, 5), (0, 0, 255)).save(tmp_path / 'b.jpg')
+    plots.plots_from_files([tmp_path / 'a.png', str(tmp_path / 'b.jpg')], titles=['cat', 'dog'],
+                           maintitle='Single-label classification')
+    fig = plt.gcf()
+    assert [ax.get_title() for ax in fig.axes] == ['cat', 'dog']
+    assert shown(fig.axes[0]).shape[:2] == (8, 12)          # each image at its own size
+    assert fig._suptitle.get_text() == 'Single-label classification'
+
+    class DS:
+        fnames = ['a.png', 'b.jpg']
+    img = plots.load_img_id(DS, 1, tmp_path)
+    assert img.shape == (5, 5, 3) and img.dtype == np.uint8 and img[2, 2, 2] > 200
+
+
+def test_plot_confusion_matrix_takes_fastais_arguments_in_fastais_order():
+    cm = np.array([[3, 1], [0, 4]])
+    fig = plots.plot_confusion_matrix(cm, ['cats', 'dogs'], True, 'Normalised', plt.cm.Greens)
+    ax = fig.axes[0]
+    assert ax.get_title() == 'Normalised' and ax.images[0].get_cmap().name == 'Greens'
+    assert sorted(t.get_text() for t in ax.texts) == ['0.00', '0.25', '0.75', '1.00']
+
+
+def test_star_import_gives_pyplot():
+    ns = {}
+    exec('from jaxcls.plots import *', ns)
+    assert ns['plt'] is plt and callable(ns['plots']) and 'np' not in ns

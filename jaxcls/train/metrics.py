@@ -23,6 +23,22 @@ def accuracy(preds: np.ndarray, targs: np.ndarray) -> float:
     return float(np.mean(np.argmax(preds, -1) == np.asarray(targs)))
 
 
+def accuracy_np(preds: np.ndarray, targs: np.ndarray) -> np.float64:
+    """fastai 0.7's `accuracy_np`: the fraction of rows of `preds` (probabilities or
+    log-probabilities, (N, c)) whose arg-max is the target, as a numpy float64.
+
+    >>> log_preds, y = np.log([[[0.9, 0.1], [0.3, 0.7]]] * 2), np.array([0, 0])  # TTA's stack
+    >>> accuracy_np(np.mean(np.exp(log_preds), 0), y)
+    np.float64(0.5)
+    """
+    preds, targs = np.asarray(preds), np.asarray(targs)
+    if preds.ndim != 2 or len(preds) != len(targs):
+        raise ValueError(f'accuracy_np takes predictions (N, c) and N targets; got shapes '
+                         f'{preds.shape} and {targs.shape} (average TTA\'s stack first: '
+                         f'np.mean(np.exp(log_preds), 0))')
+    return np.mean(np.argmax(preds, 1) == targs)
+
+
 def accuracy_thresh(thresh: float = 0.5) -> Callable[[np.ndarray, np.ndarray], float]:
     """Multi-label accuracy: each probability above `thresh` is a predicted label."""
     def accuracy_thresh(preds, targs):
