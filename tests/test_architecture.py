@@ -15,6 +15,11 @@ FLOORS = {'archs': 0, 'xla': 0, 'compile_cache': 0, 'plots': 0,
           'models': 1, 'data': 1, 'cam': 2, 'interpret': 3, 'train': 4,
           'demo': 5, 'commands': 6, 'cli': 7}
 
+# fastai 0.7's module names, for porting notebooks (ARCHITECTURE.md, "fastai's module names"):
+# thin re-exports above every room; they may import any room (and each other), nothing imports them.
+FACADES = {'imports', 'torch_imports', 'core', 'transforms', 'dataset', 'dataloader', 'model',
+           'sgdr', 'metrics', 'learner', 'conv_learner'}
+
 
 def _modules():
     out = {}
@@ -67,15 +72,43 @@ GRAPH = {n: _imports(n, p) for n, p in MODULES.items()}
 def test_imports_flow_down_the_rooms():
     wrong = []
     for name, deps in GRAPH.items():
-        if name == 'jaxcls':   # the public API names every room, importing on first use
-            continue
+        if name == 'jaxcls' or _room(name) in FACADES:   # the public API and the facades name
+            continue                                      # every room, importing on first use
         for dep, line in deps:
             a, b = _room(name), _room(dep)
             if a == b:
                 continue
+            if b in FACADES:
+                wrong.append(f'{os.path.relpath(MODULES[name], ROOT)}:{line} imports the facade {dep}')
+                continue
             if FLOORS[b] >= FLOORS[a] or {a, b} == {'data', 'models'}:
                 wrong.append(f'{os.path.relpath(MODULES[name], ROOT)}:{line} ({a}) imports {dep} ({b})')
     assert not wrong, '\n'.join(sorted(set(wrong)))
+
+
+def test_the_facades_only_re_export():
+    """Each fastai-named module is its docstring, imports and __all__, which names exactly
+    what it imports; conv_learner hands on every other facade's names (but plots')."""
+    import importlib
+    assert {f'jaxcls.{m}' for m in FACADES} <= set(MODULES)
+    names = {}
+    for m in sorted(FACADES):
+        tree = ast.parse(open(MODULES[f'jaxcls.{m}']).read())
+        bound, allowed = [], (ast.Import, ast.ImportFrom)
+        for i, node in enumerate(tree.body):
+            if i == 0 and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+                continue
+            if isinstance(node, allowed):
+                bound += [(a.asname or a.name).split('.')[0] for a in node.names]
+                continue
+            assert isinstance(node, ast.Assign) and node.targets[0].id == '__all__', \
+                f'jaxcls/{m}.py:{node.lineno} is not an import: a facade adds no logic'
+        mod = importlib.import_module(f'jaxcls.{m}')
+        assert sorted(mod.__all__) == sorted(bound), m
+        assert all(getattr(mod, n) is not None for n in mod.__all__)
+        names[m] = set(mod.__all__)
+    others = set().union(*(v for k, v in names.items() if k != 'conv_learner'))
+    assert names['conv_learner'] == others
 
 
 def test_plots_draws_plain_arrays():
