@@ -38,7 +38,19 @@ Augment = Callable[[jax.Array, jax.Array], jax.Array]    # (key, images) -> floa
 _DROPOUT, _AUGMENT = 0, 1
 
 
+def _check_batch(batch: Any) -> None:
+    """A step takes a loader's dict batch; a fastai-style (x, y) pair is the common mistake."""
+    if not (hasattr(batch, 'keys') and 'image' in batch):
+        got = (f'a {type(batch).__name__} of {len(batch)}' if isinstance(batch, (tuple, list))
+               else type(batch).__name__)
+        raise TypeError(f"a step takes a batch dict {{'image', 'label', 'mask'}} as "
+                        f"dl.iter_epoch(epoch) yields it; got {got}. Iterating data.trn_dl "
+                        f"itself gives fastai's (x, y) pairs of transformed images, for looking "
+                        f"at: loop over data.trn_dl.iter_epoch(epoch) instead")
+
+
 def _mask(batch: dict) -> jax.Array:
+    _check_batch(batch)
     n = batch['image'].shape[0]
     return batch['mask'].astype(jnp.float32) if 'mask' in batch else jnp.ones((n,), jnp.float32)
 
@@ -151,6 +163,7 @@ def make_train_step(loss: str = 'softmax', preprocess: Optional[Augment] = None,
         if hparams is not None:
             state = state.replace(opt_state=set_hparams(state.opt_state, hparams))
         dropout_key, aug_key = step_keys(state.rng, state.step)
+        _check_batch(batch)
         images = batch['image']
         if preprocess is not None:
             images = preprocess(aug_key, images)
@@ -183,6 +196,7 @@ def make_train_step(loss: str = 'softmax', preprocess: Optional[Augment] = None,
 
 
 def _images(batch: dict, preprocess: Optional[Preprocess]) -> jax.Array:
+    _check_batch(batch)
     x = batch['image']
     return x if preprocess is None else preprocess(x)
 
@@ -228,6 +242,7 @@ def make_tta_step(augment: Augment, loss: str = 'softmax', model_kwargs: Optiona
     predict = make_predict_step(loss, None, model_kwargs)
 
     def tta_step(state, batch: dict, keys: jax.Array) -> jax.Array:
+        _check_batch(batch)
         one = lambda k: predict(state, {'image': augment(k, batch['image'])})
         return jax.vmap(one)(keys)
 
@@ -243,6 +258,7 @@ def make_features_step(preprocess: Optional[Preprocess] = None, model_kwargs: Op
     kwargs = dict(model_kwargs or {})
 
     def features_step(state, batch: dict, key: Optional[jax.Array] = None) -> jax.Array:
+        _check_batch(batch)
         x = batch['image']
         x = augment(key, x) if augment is not None else x if preprocess is None else preprocess(x)
         return state.apply_fn(state.variables, x, train=False, **kwargs).astype(jnp.float32)

@@ -155,6 +155,17 @@ def test_sigmoid_loss_for_multilabel(batch):
     assert 0.0 <= float(m['accuracy']) <= 1.0
 
 
+def test_a_fastai_pair_instead_of_a_batch_dict_is_explained(batch):
+    """Iterating data.trn_dl gives fastai's (x, y); a step needs iter_epoch's dict batches.
+    The check is Python, before any tracing, so no step compiles for it."""
+    module, variables = tiny_resnet()
+    state = create_train_state(module.apply, variables, sgd(0.05))
+    pair = (batch['image'], batch['label'])
+    for step in (make_train_step(), make_eval_step(), make_predict_step()):
+        with pytest.raises(TypeError, match=r"got a tuple of 2.*data.trn_dl.iter_epoch\(epoch\)"):
+            step(state, pair)
+
+
 def test_unknown_loss_is_explained():
     with pytest.raises(ValueError, match="loss='hinge'.*'softmax'.*'sigmoid'"):
         make_train_step('hinge')
