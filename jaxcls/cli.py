@@ -134,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument('--cycle-mult', type=_positive_int, default=1, metavar='M',
                    help='with --cycle-len: each cycle M times longer than the last (default 1)')
     t.add_argument('--name', help='model name under PATH/models (default ARCH_SZ)')
+    t.add_argument('--resume', action='store_true',
+                   help='continue the interrupted run from its last checkpoint (the run '
+                        'checkpoints every epoch into PATH/models/NAME-checkpoints; give the '
+                        'same flags as the interrupted run)')
     t.set_defaults(func=C.train)
 
     f = sub.add_parser('lr-find', help='the learning-rate range test: plot and suggested rate',
@@ -205,20 +209,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ----------------------------------------------------------------------------- entry point
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the `jaxcls` command; returns the exit status (0 ok, 2 user mistake)."""
+def main(argv: Optional[Sequence[str]] = None, guard=None) -> int:
+    """Run the `jaxcls` command; returns the exit status (0 ok, 2 user mistake, 130 Ctrl-C).
+
+    `guard`: the entry point's :class:`jaxcls.interrupts.Guard` (SIGINT handling, which
+    ends the process itself on Ctrl-C); without one, an interrupt returns 130.
+    """
+    from jaxcls.interrupts import EXIT_INTERRUPTED, Guard
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    from jaxcls import compile_cache
-    compile_cache.enable()  # a second run of the same command skips XLA compilation
+    args.argv, args.guard = argv, guard if guard is not None else Guard()
     try:
+        from jaxcls import compile_cache
+        compile_cache.enable()  # a second run of the same command skips XLA compilation
         return int(args.func(args) or 0)
     except UserError as e:
         C.fail(str(e))
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print('jaxcls: interrupted', file=sys.stderr)
-        return 130
+        if args.guard.active:
+            args.guard.exit()          # prints what was saved and ends the process
+        print(args.guard.say(), file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def entry() -> None:
+    """The `jaxcls` console script: :func:`main` under a SIGINT guard."""
+    from jaxcls.interrupts import Guard
+    with Guard() as guard:
+        status = main(guard=guard)
+    sys.exit(status)
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    entry()

@@ -12,9 +12,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shlex
+import shutil
 import sys
 import time
 from typing import Iterator, Sequence
+
+from jaxcls.interrupts import Guard
 
 EXIT_USAGE = 2
 OUT_DIRNAME = 'jaxcls-out'
@@ -129,23 +133,37 @@ def train(args: argparse.Namespace) -> int:
     from jaxcls.demo import save_interpretation, write_json
     from jaxcls.interpret import ClassificationInterpretation
     from jaxcls.train.learner import TrainingDiverged
+    from jaxcls.train.resume import ModelCheckpoint, ResumeMismatch
     if args.cycle_mult != 1 and not args.cycle_len:
         raise UserError('--cycle-mult needs --cycle-len (SGDR cycles); add e.g. --cycle-len 1')
     t0 = time.time()
     path = _need_dir(args.path, 'dataset folder', 'pass the folder that holds train/ and valid/')
     out = _out_dir(args, path)
+    name = args.name or f'{args.arch}_{args.sz}'
+    ck_dir = os.path.join(path, 'models', f'{name}-checkpoints')
+    _check_resume(args, ck_dir)
+    guard = getattr(args, 'guard', None) or Guard()
+    guard.sweep = [os.path.join(path, 'tmp'), os.path.join(path, 'tmp', 'precompute'),
+                   os.path.join(path, 'models'), ck_dir]
+    guard.message = lambda: _interrupted_line(args, ck_dir)
     data, learn = _build_learner(args, path)
     os.makedirs(out, exist_ok=True)
     t_model = time.time()
     lrs = _group_lrs(args, args.lr)
+    ck = ModelCheckpoint(ck_dir, keep=2)
     try:
-        history = learn.fit(lrs, args.epochs, cycle_len=args.cycle_len, cycle_mult=args.cycle_mult)
+        history = learn.fit(lrs, args.epochs, cycle_len=args.cycle_len,
+                            cycle_mult=args.cycle_mult, checkpoint=ck, resume=args.resume)
+    except ResumeMismatch as e:
+        raise UserError(f'--resume: {e}') from e
     except TrainingDiverged as e:
         raise UserError(f'{e} (jaxcls lr-find {args.path} suggests one; pass it as --lr)') from e
     t_fit = time.time()
-    name = args.name or f'{args.arch}_{args.sz}'
     with _user_errors():
         model_dir = learn.save(name)
+    ck.close()
+    shutil.rmtree(ck_dir, ignore_errors=True)    # the run is complete: its model is saved
+    guard.message = lambda: f'the model was saved to {model_dir}; the plots were not all written'
     plots = {'lr': os.path.join(out, 'lr.png'), 'loss': os.path.join(out, 'loss.png')}
     learn.sched.plot_lr(fname=plots['lr'])
     learn.sched.plot_loss(fname=plots['loss'])
@@ -176,6 +194,36 @@ def train(args: argparse.Namespace) -> int:
     print(f'plots:   {", ".join(sorted(os.path.basename(p) for p in plots.values()))} in {out}')
     print(f'summary: {summary_path}')
     return 0
+
+
+def _resume_command(args: argparse.Namespace) -> str:
+    argv = [a for a in getattr(args, 'argv', None) or sys.argv[1:] if a != '--resume']
+    return shlex.join(['jaxcls', *argv, '--resume'])
+
+
+def _check_resume(args: argparse.Namespace, ck_dir: str) -> None:
+    """--resume needs the checkpoints of an interrupted run; a fresh run must not meet them."""
+    from jaxcls.interrupts import complete_steps
+    steps = complete_steps(ck_dir)
+    if args.resume and not steps:
+        raise UserError(f'--resume: {ck_dir} holds no checkpoint of an interrupted run; run '
+                        f'without --resume to start (the same flags and --name as that run '
+                        f'find its checkpoints)')
+    if not args.resume and steps:
+        raise UserError(f'{ck_dir} holds the checkpoints of an interrupted run (last: step '
+                        f'{steps[-1]}); continue it with: {_resume_command(args)} -- or delete '
+                        f'the folder to start over')
+
+
+def _interrupted_line(args: argparse.Namespace, ck_dir: str) -> str:
+    """What an interrupted `jaxcls train` says it saved, and how to go on."""
+    from jaxcls.interrupts import complete_steps
+    steps = complete_steps(ck_dir)
+    if not steps:
+        return ('no checkpoint was complete yet, nothing to resume; run the command again to '
+                'start over')
+    return (f'the last complete checkpoint is step {steps[-1]} in {ck_dir}; resume with: '
+            f'{_resume_command(args)}')
 
 
 def lr_find(args: argparse.Namespace) -> int:

@@ -1,0 +1,171 @@
+"""Ctrl-C for the `jaxcls` command: exit 130 within a couple of seconds, at any moment, with one
+line saying what was saved and how to resume; never a hang or a signal death.
+
+Python runs a SIGINT handler only between bytecodes of the main thread, so a KeyboardInterrupt
+waits while the main thread is inside a long C++ call (an XLA compile takes 6-13 s here), and
+it can land where it is swallowed (a gc callback) so that training simply goes on. And when
+the interpreter then shuts down while XLA's or Orbax's threads still run, it can crash
+(SIGSEGV). So the command does not rely on the exception alone:
+
+- :class:`Guard` makes the C-level handler write to a pipe (`signal.set_wakeup_fd`), which a
+  watchdog thread reads at once, whatever the main thread is doing;
+- the main thread still gets its KeyboardInterrupt and, if it gets there first, says what was
+  saved and calls :meth:`Guard.exit`;
+- otherwise, `GRACE_S` after the signal, the watchdog does the same from its thread;
+- either way the exit is ``os._exit(130)`` after flushing, after removing the temporary
+  folders a checkpoint write in flight had started, skipping the interpreter's shutdown
+  (where the crashes were). A second Ctrl-C exits at once.
+
+Only the command-line entry point uses this; the library never installs signal handlers.
+"""
+from __future__ import annotations
+
+import os
+import re
+import select
+import shutil
+import signal
+import sys
+import threading
+import time
+from typing import Callable, Optional
+
+__all__ = ['Guard', 'EXIT_INTERRUPTED', 'GRACE_S', 'complete_steps', 'remove_partial']
+
+#: The shell's status for a command ended by SIGINT (128 + 2).
+EXIT_INTERRUPTED = 130
+#: Seconds the main thread has, after Ctrl-C, to stop by itself before the watchdog exits for
+#: it: enough to unwind a training step and write one line, short of the 2 s a user waits.
+GRACE_S = 1.0
+
+# Orbax writes a checkpoint into '<step>.orbax-checkpoint-tmp-<n>' and renames it when whole.
+_PARTIAL = re.compile(r'.*\.orbax-checkpoint-tmp-\d+$')
+
+
+def complete_steps(directory: Optional[str]) -> list[int]:
+    """The steps of the whole checkpoints in `directory` (Orbax's step folders), ascending."""
+    if not directory or not os.path.isdir(directory):
+        return []
+    return sorted(int(n) for n in os.listdir(directory)
+                  if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
+
+
+def remove_partial(directory: Optional[str]) -> list[str]:
+    """Delete what an unfinished write left in `directory`: Orbax's temporary checkpoint
+    folders, and this process's temporary files (jaxcls names them ``*.<pid>.*.tmp`` or
+    ``*.<pid>.*.tmp.npy`` before renaming them into place)."""
+    if not directory or not os.path.isdir(directory):
+        return []
+    mine = f'.{os.getpid()}.'
+    gone = []
+    for n in os.listdir(directory):
+        p = os.path.join(directory, n)
+        if _PARTIAL.match(n):
+            shutil.rmtree(p, ignore_errors=True)
+        elif mine in n and (n.endswith('.tmp') or n.endswith('.tmp.npy')):
+            try:
+                os.remove(p)
+            except OSError:
+                continue
+        else:
+            continue
+        gone.append(n)
+    return gone
+
+
+class Guard:
+    """SIGINT handling for one run of the command (a context manager; main thread only).
+
+    `message` is called (from whichever thread exits) for the line printed after
+    'jaxcls: interrupted; '; the folders in `sweep` lose their partial writes before the
+    exit. A command sets both while it runs (e.g. once its checkpoint folder is known). A
+    Guard that was never entered installs nothing: it only holds them (in-process calls of
+    `cli.main`, as the tests make).
+    """
+
+    def __init__(self, grace_s: float = GRACE_S, exit_fn: Callable[[int], None] = os._exit):
+        self.grace_s = float(grace_s)
+        self.message: Callable[[], str] = lambda: 'nothing was saved'
+        self.sweep: list[str] = []
+        self.active = False
+        self._exit_fn = exit_fn
+        self._lock = threading.Lock()
+        self._fired = threading.Event()
+        self._old_fd = self._old_handler = self._old_hook = None
+        self._r = self._w = None
+
+    def __enter__(self) -> 'Guard':
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._w, False)
+        self._old_fd = signal.set_wakeup_fd(self._w)
+        self._old_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        self._old_hook = sys.unraisablehook
+        sys.unraisablehook = self._unraisable
+        threading.Thread(target=self._watch, name='jaxcls-interrupt-watchdog', daemon=True).start()
+        self.active = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.active = False
+        signal.signal(signal.SIGINT, self._old_handler or signal.default_int_handler)
+        sys.unraisablehook = self._old_hook
+        signal.set_wakeup_fd(self._old_fd if self._old_fd is not None else -1)
+        os.close(self._w)                              # the watchdog reads EOF and ends
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self._fired.is_set():                       # the second Ctrl-C: no more waiting
+            self.exit()
+        self._fired.set()
+        raise KeyboardInterrupt
+
+    def _unraisable(self, info) -> None:
+        """A KeyboardInterrupt raised where Python cannot propagate it (a gc callback, a
+        finaliser) is swallowed there, and training would go on; the watchdog ends the run
+        instead, so it needs no traceback on the way."""
+        if not issubclass(info.exc_type, KeyboardInterrupt):
+            self._old_hook(info)
+
+    def _watch(self) -> None:
+        """Wait for a SIGINT byte on the pipe; then exit after the grace period, or at once on
+        a second one."""
+        deadline = None
+        while True:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([self._r], [], [], timeout)
+            if not ready:                              # the grace period ran out
+                return self.exit()
+            try:
+                data = os.read(self._r, 64)
+            except OSError:
+                data = b''
+            if not data:                               # __exit__ closed the pipe
+                os.close(self._r)
+                return None
+            for b in data:
+                if b != signal.SIGINT:
+                    continue
+                if deadline is not None:
+                    return self.exit()
+                deadline = time.monotonic() + self.grace_s
+
+    def say(self) -> str:
+        """Sweep the partial writes and return the line to print."""
+        for d in self.sweep:
+            remove_partial(d)
+        try:
+            return f'jaxcls: interrupted; {self.message()}'
+        except Exception as e:  # noqa: BLE001 -- the exit must happen regardless
+            return f'jaxcls: interrupted (what was saved is unknown: {e})'
+
+    def exit(self, status: int = EXIT_INTERRUPTED) -> None:
+        """Sweep partial writes, print the line, and end the process now (os._exit: the
+        interpreter's shutdown, with XLA's and Orbax's threads still running, is skipped)."""
+        with self._lock:                                # one thread prints and exits
+            line = self.say()
+            for write in (lambda: sys.stdout.flush(),
+                          lambda: (sys.stderr.write(line + '\n'), sys.stderr.flush())):
+                try:
+                    write()
+                except Exception:  # noqa: BLE001 -- a closed pipe must not stop the exit
+                    pass
+            self._exit_fn(status)
