@@ -106,6 +106,8 @@ def run(learn, epochs: int, table: HParams, callbacks: Optional[Sequence[Callbac
         loop.fit(epochs, **start)
     except BaseException as err:
         _finish(learn, loop)
+        if isinstance(err, KeyboardInterrupt):
+            err.add_note(_interrupted_note(learn, loop))
         if mem.is_out_of_memory(err):
             raise mem.OutOfDeviceMemory(mem.oom_message(learn, 'training', err)) from err
         raise
@@ -113,6 +115,22 @@ def run(learn, epochs: int, table: HParams, callbacks: Optional[Sequence[Callbac
     learn.history += loop.hist
     learn._history_fits += [fit_index] * len(loop.hist)
     return loop.hist
+
+
+def _interrupted_note(learn, loop) -> str:
+    """What an interrupted fit leaves: the state of its last completed step, or (when the
+    interrupt landed inside a step, which had been handed the learner's arrays) nothing."""
+    import jax
+    where = (f'epoch {loop.fit_epoch + 1} of {loop.epochs}, batch {loop.batch} of '
+             f'{loop.batches}, optimizer step {loop.step}')
+    leaves = jax.tree_util.tree_leaves(learn.state)
+    if any(getattr(x, 'is_deleted', lambda: False)() for x in leaves):
+        return (f'jaxcls: the fit was interrupted inside a training step ({where}), which '
+                f'held the learner\'s arrays: its weights are gone. learn.load(name) or '
+                f'learn.restore_checkpoint(folder) brings saved ones back')
+    return (f'jaxcls: fit interrupted at {where}; the learner keeps the weights, BatchNorm '
+            f'statistics and optimizer state of that step, so learn.fit(...) goes on from them '
+            f'(a fit with checkpoint= and resume=True continues the interrupted schedule)')
 
 
 def _finish(learn, loop) -> None:

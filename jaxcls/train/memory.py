@@ -126,9 +126,16 @@ def oom_message(learn, what: str, err: BaseException) -> str:
 
 @contextlib.contextmanager
 def guard(learn, what: str):
-    """Turn an XLA out-of-memory error inside the block into OutOfDeviceMemory (`oom_message`)."""
+    """Around a call that leaves the learner as it was (lr_find trains a copy; predict and TTA
+    only read): turn an XLA out-of-memory error into OutOfDeviceMemory (`oom_message`), and
+    note on a KeyboardInterrupt that nothing changed, so the notebook goes on without a
+    restart."""
     try:
         yield
+    except KeyboardInterrupt as err:
+        err.add_note(f'jaxcls: interrupted {what}; the learner is as it was before the call '
+                     f'(its weights, optimizer state and learn.sched), so any call can follow')
+        raise
     except Exception as err:
         if is_out_of_memory(err):
             raise OutOfDeviceMemory(oom_message(learn, what, err)) from err

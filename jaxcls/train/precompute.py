@@ -21,6 +21,8 @@ import numpy as np
 
 from jaxcls.data.loader import DataLoader
 
+from . import memory as mem
+
 # Bump when the feature layout or the key's meaning changes.
 FORMAT_VERSION = 1
 # Stored features up to this size are copied to the device once, and training batches are
@@ -205,29 +207,33 @@ class Features:
         bar = _bar(learn.quiet, sum(len(ds) for _, ds, _ in todo), 'precompute')
         bs = batch_size(data.bs, jax.default_backend())
         arrays = {}
-        for name, ds, view in todo:
-            key = features_key(**base, split=name, data=ds.fingerprint, n=len(ds),
-                               trn_cfg=repr(data.tfms[0]) if view is not None else None,
-                               seed=learn.seed if view is not None else None)
-            arr = self.cache.get(key) if ds.fingerprint else None
-            if arr is None:
-                if view is None:
-                    f = learn.steps.get('features')
-                    fn = lambda x, f=f: f(model, {'image': x})
-                else:
-                    f = learn.steps.get('aug_features')
-                    k = jax.random.fold_in(jax.random.PRNGKey(learn.seed), AUG_VIEW_SALT + view)
-                    counter = iter(range(10 ** 9))
-                    fn = lambda x, f=f, k=k: f(model, {'image': x},
-                                               jax.random.fold_in(k, next(counter)))
-                arr = compute_features(fn, ds.x, bs, progress=bar.update if bar else None)
-                if ds.fingerprint:
-                    self.cache.put(key, arr)
-            elif bar:
-                bar.update(len(ds))
-            arrays[name] = arr
-        if bar:
-            bar.close()
+        try:
+            with mem.guard(learn, 'precomputing the activations'):
+                for name, ds, view in todo:
+                    key = features_key(**base, split=name, data=ds.fingerprint, n=len(ds),
+                                       trn_cfg=repr(data.tfms[0]) if view is not None else None,
+                                       seed=learn.seed if view is not None else None)
+                    arr = self.cache.get(key) if ds.fingerprint else None
+                    if arr is None:
+                        if view is None:
+                            f = learn.steps.get('features')
+                            fn = lambda x, f=f: f(model, {'image': x})
+                        else:
+                            f = learn.steps.get('aug_features')
+                            k = jax.random.fold_in(jax.random.PRNGKey(learn.seed),
+                                                   AUG_VIEW_SALT + view)
+                            counter = iter(range(10 ** 9))
+                            fn = lambda x, f=f, k=k: f(model, {'image': x},
+                                                       jax.random.fold_in(k, next(counter)))
+                        arr = compute_features(fn, ds.x, bs, progress=bar.update if bar else None)
+                        if ds.fingerprint:
+                            self.cache.put(key, arr)
+                    elif bar:
+                        bar.update(len(ds))
+                    arrays[name] = arr
+        finally:
+            if bar:
+                bar.close()
         self.arrays, self.base, self.placed, self.loaders = arrays, base, {}, {}
 
     def placed_array(self, name: str) -> Any:
