@@ -85,6 +85,15 @@ def _aug_tfms(aug: str):
             'basic': transforms_basic, 'none': None}[aug]
 
 
+def _guard(args: argparse.Namespace, path: str, *more: str) -> Guard:
+    """The run's Ctrl-C guard, told which folders a cut-short write may leave files in (the
+    decode and precompute caches, the models folder, and `more`)."""
+    guard = getattr(args, 'guard', None) or Guard()
+    guard.sweep = [os.path.join(path, 'tmp'), os.path.join(path, 'tmp', 'precompute'),
+                   os.path.join(path, 'models'), *more]
+    return guard
+
+
 def _build_learner(args: argparse.Namespace, path: str):
     """(data, learner) from the shared model flags; user mistakes become UserError."""
     from jaxcls import ConvLearner, ImageClassifierData, tfms_from_model
@@ -142,9 +151,7 @@ def train(args: argparse.Namespace) -> int:
     name = args.name or f'{args.arch}_{args.sz}'
     ck_dir = os.path.join(path, 'models', f'{name}-checkpoints')
     _check_resume(args, ck_dir)
-    guard = getattr(args, 'guard', None) or Guard()
-    guard.sweep = [os.path.join(path, 'tmp'), os.path.join(path, 'tmp', 'precompute'),
-                   os.path.join(path, 'models'), ck_dir]
+    guard = _guard(args, path, ck_dir)
     guard.message = lambda: _interrupted_line(args, ck_dir)
     data, learn = _build_learner(args, path)
     os.makedirs(out, exist_ok=True)
@@ -232,6 +239,7 @@ def lr_find(args: argparse.Namespace) -> int:
         raise UserError(f'--end-lr {args.end_lr:g} must be above --start-lr {args.start_lr:g}')
     path = _need_dir(args.path, 'dataset folder', 'pass the folder that holds train/ and valid/')
     out = _out_dir(args, path)
+    _guard(args, path)
     _, learn = _build_learner(args, path)
     os.makedirs(out, exist_ok=True)
     sug = learn.lr_find(start_lr=args.start_lr, end_lr=args.end_lr, num_it=args.num_it)
