@@ -142,6 +142,7 @@ def train(args: argparse.Namespace) -> int:
     from jaxcls.demo import save_interpretation, write_json
     from jaxcls.interpret import ClassificationInterpretation
     from jaxcls.train.learner import TrainingDiverged
+    from jaxcls.train.memory import OutOfDeviceMemory
     from jaxcls.train.resume import ModelCheckpoint, ResumeMismatch
     if args.cycle_mult != 1 and not args.cycle_len:
         raise UserError('--cycle-mult needs --cycle-len (SGDR cycles); add e.g. --cycle-len 1')
@@ -163,6 +164,8 @@ def train(args: argparse.Namespace) -> int:
                             cycle_mult=args.cycle_mult, checkpoint=ck, resume=args.resume)
     except ResumeMismatch as e:
         raise UserError(f'--resume: {e}') from e
+    except OutOfDeviceMemory as e:
+        raise UserError(f'{e} -- on the command line: --bs {e.bs}' if e.bs else str(e)) from e
     except TrainingDiverged as e:
         raise UserError(f'{e} (jaxcls lr-find {args.path} suggests one; pass it as --lr)') from e
     t_fit = time.time()

@@ -74,6 +74,7 @@ def run(learn, epochs: int, table: HParams, callbacks: Optional[Sequence[Callbac
         checkpoint: Any = None, resume: bool = False) -> list[dict]:
     """Run one fit of `learn` for `epochs` epochs with `table` (one HParams row per iteration);
     returns its epoch logs (see `ConvLearner.fit`)."""
+    mem.check_budget(learn, 'training')      # before anything of the learner changes
     callbacks = _checkpoint_callbacks(callbacks, checkpoint)
     # Which fit of the sequence this is; counted once it trains (or is found complete), so a
     # refused call (a mismatch, a folder of another run) does not shift the later ones.
@@ -109,7 +110,7 @@ def run(learn, epochs: int, table: HParams, callbacks: Optional[Sequence[Callbac
         if isinstance(err, KeyboardInterrupt):
             err.add_note(_interrupted_note(learn, loop))
         if mem.is_out_of_memory(err):
-            raise mem.OutOfDeviceMemory(mem.oom_message(learn, 'training', err)) from err
+            raise mem.OutOfDeviceMemory(*mem.oom_message(learn, 'training', err)) from err
         raise
     _finish(learn, loop)
     learn.history += loop.hist

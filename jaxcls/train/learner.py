@@ -52,8 +52,11 @@ class ConvLearner:
     Attributes (fastai 0.7 names): data, model (the Flax ConvNet), sched (a Recorder of the
     last fit or lr_find), precompute, n_groups (layer groups: 3 for ResNets), state (the
     TrainState; during a fit, after its latest step), history (per-epoch logs of every fit),
-    progress (the running fit's Loop, None outside a fit).
+    progress (the running fit's Loop, None outside a fit), mem_budget (bytes per device a
+    training step may need; None: no check).
     """
+
+    mem_budget: Optional[int] = None
 
     def __init__(self, data, spec: ArchSpec, net: ConvNet, variables: dict, *,
                  precompute: bool = False, bn_frozen: str = 'eval', seed: int = 0,
@@ -119,7 +122,9 @@ class ConvLearner:
             training image (epoch e trains on view e mod K); 0 stores the plain centre crop.
           bs: None keeps data.bs; an int trains and predicts with that batch size; 'auto'
             picks the largest that fits the device (`auto_bs`).
-          mem_budget: bytes per device for bs='auto' (`auto_bs`'s budget).
+          mem_budget: bytes per device a training step may need: bs='auto' picks within it,
+            and fit / lr_find refuse a step over it before running it (OutOfDeviceMemory
+            naming the batch size that fits); None: no check, the device's own limit.
           dtype: 'float32' (default) or 'bfloat16' compute (as `half()`); precompute then
             runs in it. kernels: 'auto', 'xla' or 'cpu' (jaxcls.models.ops).
         """
@@ -135,6 +140,7 @@ class ConvLearner:
                     bn_frozen=bn_frozen, seed=seed, metrics=metrics, quiet=quiet,
                     precompute_aug=precompute_aug, head_desc=desc)
         learn.pretrained_body = bool(pretrained or weights is not None)
+        learn.mem_budget = None if mem_budget is None else int(mem_budget)
         if later:  # features computed once, in the dtype asked for
             learn._set_dtype(dtype)
             learn.precompute = precompute

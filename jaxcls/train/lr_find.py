@@ -98,6 +98,7 @@ def run(learn, start_lr: Any = 1e-5, end_lr: float = 10, wds: Any = None, linear
     from . import memory as mem
     from .loop import Loop
     from .schedules import lr_find_schedule
+    mem.check_budget(learn, 'in lr_find')
     start = per_group(start_lr, learn.n_groups, 'start_lr')
     nb = int(num_it or len(learn._train_loader(learn.epoch)))
     table = lr_find_schedule(start, end_lr, nb, linear,

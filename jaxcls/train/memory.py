@@ -27,7 +27,13 @@ HOST_FRACTION = 0.5
 
 
 class OutOfDeviceMemory(MemoryError):
-    """A training step needs more memory than the device has (names the batch size and a fix)."""
+    """A training step needs more memory than the device has (names the batch size and a fix).
+
+    `bs`: the batch size the message proposes (None when it names none)."""
+
+    def __init__(self, message: str, bs: Optional[int] = None):
+        super().__init__(message)
+        self.bs = bs
 
 
 @dataclasses.dataclass
@@ -111,17 +117,54 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, jax.errors.JaxRuntimeError) and 'RESOURCE_EXHAUSTED' in str(error)
 
 
-def oom_message(learn, what: str, err: BaseException) -> str:
-    """What a learner's out-of-memory error says: the batch size, a smaller one, how to set it."""
+def fitting_bs(learn, budget: Optional[int] = None) -> Optional[BatchSizeChoice]:
+    """The largest of bs/2, bs/4, ... whose training step (the learner's current layer groups
+    and precompute) fits `budget` (default `device_budget`), judged from XLA's memory
+    analysis of the compiled step as bs='auto' judges; None when it cannot be judged."""
+    bs, mesh = int(learn.data.bs), learn.data.trn_dl.mesh
+    budget = device_budget(mesh.devices.flat[0]) if budget is None else int(budget)
+    ndev = mesh.shape['data']
+    if bs <= ndev:
+        return None
+    try:
+        return choose_batch_size(lambda b: learner_step_bytes(learn, b, unfrozen=False),
+                                 max(ndev, bs // 2 // ndev * ndev), budget, ndev)
+    except Exception:  # noqa: BLE001 -- even the smallest does not fit, or no analysis
+        return None
+
+
+def oom_message(learn, what: str, err: Any, budget: Optional[int] = None) -> tuple[str, int]:
+    """What a learner's out-of-memory error says (the batch size, the largest smaller one that
+    fits by XLA's memory analysis, as bs='auto' judges, and how to set it), and that size."""
     bs = int(learn.data.bs)
     ndev = learn.data.trn_dl.mesh.shape['data']
-    lower = max(ndev, bs // 2 // ndev * ndev)
+    fit = fitting_bs(learn, budget)
+    if fit is not None:
+        lower, judged = fit.bs, f'; bs={fit.bs} fits ({fit})'
+    else:
+        lower, judged = max(ndev, bs // 2 // ndev * ndev), ''
     first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
     return (f'out of device memory {what} with bs={bs} (sz={learn.data.sz}, {ndev} device(s), '
-            f'layer groups trainable {list(learn.trainable)}, precompute={learn.precompute}). '
-            f'Use a smaller batch: learn.set_bs({lower}), or build the data with bs={lower} '
-            f"(ImageClassifierData.from_paths(PATH, bs={lower}, ...)), or let "
-            f"ConvLearner.pretrained(..., bs='auto') pick one that fits. XLA said: {first}")
+            f'layer groups trainable {list(learn.trainable)}, precompute={learn.precompute})'
+            f'{judged}. Use a smaller batch: learn.set_bs({lower}), or build the data with '
+            f'bs={lower} (ImageClassifierData.from_paths(PATH, bs={lower}, ...)), or let '
+            f"ConvLearner.pretrained(..., bs='auto') pick one that fits. XLA said: {first}",
+            lower)
+
+
+def check_budget(learn, what: str) -> None:
+    """With `learn.mem_budget` set, refuse a training step that needs more (before it runs):
+    OutOfDeviceMemory naming the batch size that fits, the learner untouched."""
+    budget = getattr(learn, 'mem_budget', None)
+    if budget is None:
+        return
+    need = learner_step_bytes(learn, int(learn.data.bs), unfrozen=False)
+    if need > int(budget):
+        mib = lambda b: f'{b / 2 ** 20:.1f} MiB'  # noqa: E731
+        raise OutOfDeviceMemory(*oom_message(
+            learn, what, f'the step needs {mib(need)} per device, over learn.mem_budget = '
+                         f'{mib(int(budget))} (judged before running it: the learner is '
+                         f'unchanged)', budget))
 
 
 @contextlib.contextmanager
@@ -138,17 +181,27 @@ def guard(learn, what: str):
         raise
     except Exception as err:
         if is_out_of_memory(err):
-            raise OutOfDeviceMemory(oom_message(learn, what, err)) from err
+            raise OutOfDeviceMemory(*oom_message(learn, what, err)) from err
         raise
 
 
 def learner_step_bytes(learn, bs: int, unfrozen: bool = True) -> int:
     """Bytes per device a learner's training step needs at batch size `bs`, from XLA's memory
     analysis of the compiled step (compiled, not run). See `ConvLearner.step_memory`."""
-    from jax.sharding import NamedSharding, PartitionSpec as P
     trainable = (True,) * learn.n_groups if unfrozen else learn.trainable
     precompute = False if unfrozen else learn.precompute
     dl = learn.data.trn_dl
+    # One compile per configuration: the analysis of a step depends on nothing else.
+    key = (int(bs), tuple(trainable), bool(precompute), str(learn.dtype),
+           tuple(learn.data.trn_ds.x.shape[1:]), learn.precompute_aug, dl.mesh.shape['data'])
+    known = learn.__dict__.setdefault('_step_bytes', {})
+    if key not in known:
+        known[key] = _step_bytes_of(learn, int(bs), trainable, precompute, dl)
+    return known[key]
+
+
+def _step_bytes_of(learn, bs: int, trainable: tuple, precompute: bool, dl) -> int:
+    from jax.sharding import NamedSharding, PartitionSpec as P
     rep, shard = NamedSharding(dl.mesh, P()), NamedSharding(dl.mesh, P('data'))
     with configured(learn, trainable, precompute):
         fn = learn.steps.get('train')

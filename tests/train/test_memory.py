@@ -9,7 +9,7 @@ from jaxcls import ConvLearner, ImageClassifierData, tfms_from_model
 from jaxcls.train.memory import (BatchSizeChoice, OutOfDeviceMemory, choose_batch_size,
                                  device_budget)
 
-from helpers import TINY, learner
+from helpers import TINY, learner, params_copy, trees_equal
 
 
 @pytest.fixture(scope='module')
@@ -104,3 +104,26 @@ def test_out_of_memory_names_the_batch_size_and_the_fix(data):
     _failing(learn, 'INTERNAL: something else')
     with pytest.raises(jax.errors.JaxRuntimeError, match='INTERNAL: something else'):
         learn.fit(1e-2, 1)
+
+
+def test_a_step_over_mem_budget_is_refused_with_the_batch_size_that_fits(data):
+    """CPU never runs out, so learn.mem_budget stands in for a small device: a fit whose step
+    needs more is refused before it runs, the message names the bs XLA's analysis says fits,
+    and after learn.set_bs(that) the same fit runs, in the same session."""
+    learn = learner(data)                                  # bs=16, the head trains
+    need = {bs: learn.step_memory(bs, unfrozen=False) for bs in (16, 8, 4)}
+    assert need[16] > need[8] > need[4]
+    learn.mem_budget = (need[8] + need[16]) // 2           # 8 fits, 16 does not
+    before = params_copy(learn)
+    with pytest.raises(OutOfDeviceMemory, match=(
+            r'out of device memory training with bs=16 .*; bs=8 fits \(bs=8 \(needs .* budget; '
+            r'tried 8: .*\)\)\. Use a smaller batch: learn.set_bs\(8\).*XLA said: the step needs '
+            r'.* MiB per device, over learn.mem_budget = .* \(judged before running it')) as e:
+        learn.fit(1e-2, 1)
+    assert e.value.bs == 8
+    with pytest.raises(OutOfDeviceMemory, match=r'in lr_find with bs=16 .*learn.set_bs\(8\)'):
+        learn.lr_find(num_it=2)
+    assert trees_equal(before, params_copy(learn)) and learn.progress is None
+    learn.set_bs(8)
+    learn.fit(1e-2, 1)                                     # no restart needed
+    assert int(learn.state.step) == 5                      # 40 images, bs 8
