@@ -13,7 +13,6 @@ are step arguments, so lr_find, any fit and SGDR reuse it), the `HParams` tables
 """
 from __future__ import annotations
 
-import os
 import uuid
 from typing import Any, Callable, Optional, Sequence
 
@@ -30,14 +29,13 @@ from jaxcls.models.head import ConvNet
 from . import fit as fitting
 from . import lr_find as lrf
 from . import memory as mem
-from . import modelfile
-from . import predict as pr
-from . import resume_point as rp
 from .callbacks import Callback, Recorder, TrainingDiverged  # noqa: F401 (TrainingDiverged re-exported)
 from .memory import BatchSizeChoice, OutOfDeviceMemory  # noqa: F401 (re-exported)
 from .metrics import accuracy, accuracy_thresh
 from .optim import layer_group_labels, per_group
 from .compiled import LearnerSteps, canonical
+from .learner_files import LearnerFiles
+from .learner_predict import LearnerPredictions
 from .precompute import Features
 from .resume import ModelCheckpoint, ResumeMismatch, SaveBest  # noqa: F401 (re-exported)
 from .schedules import DIV, DIV_FINAL, MOMS, PCT_START, fit_schedule, one_cycle_schedule
@@ -46,7 +44,7 @@ from .state import TrainState, create_train_state, with_head
 _BN_MODES = ('eval', 'train')
 
 
-class ConvLearner:
+class ConvLearner(LearnerPredictions, LearnerFiles):
     """A pretrained body + fastai's head, trained the fastai 0.7 way. Build with `pretrained`.
 
     Attributes (fastai 0.7 names): data, model (the Flax ConvNet), sched (a Recorder of the
@@ -54,6 +52,9 @@ class ConvLearner:
     TrainState; during a fit, after its latest step), history (per-epoch logs of every fit),
     progress (the running fit's Loop, None outside a fit), mem_budget (bytes per device a
     training step may need; None: no check).
+
+    Split by purpose: training and configuration here, predictions in `LearnerPredictions`
+    (learner_predict.py), saved models and checkpoints in `LearnerFiles` (learner_files.py).
     """
 
     mem_budget: Optional[int] = None
@@ -312,16 +313,6 @@ class ConvLearner:
         exceeds 4x its best. See `learn.sched.plot()`; returns fastai 2's suggestions."""
         return lrf.run(self, start_lr, end_lr, wds, linear, num_it, stop_div)
 
-    def validate(self) -> dict:
-        """{'val_loss', metric name: value} on the validation set."""
-        return pr.validate(self)
-
-    def restore_checkpoint(self, source: Any, step: Optional[int] = None) -> dict:
-        """Load a ModelCheckpoint/SaveBest checkpoint (a callback or its folder; default the
-        newest step, or SaveBest's best) into this learner outside a fit; returns its record
-        (jaxcls.train.resume_point.restore_checkpoint)."""
-        return rp.restore_checkpoint(self, source, step)
-
     def set_bs(self, bs: int) -> None:
         """Train and predict with batches of `bs` from now on (new loaders over the same decoded
         images; `learn.data` becomes a copy with that bs, the data object passed in is unchanged)."""
@@ -346,59 +337,6 @@ class ConvLearner:
             self.set_bs(self.bs_choice.bs)
         self._print(f'auto batch size: {self.bs_choice}')
         return self.bs_choice
-
-    def predict(self, is_test: bool = False) -> np.ndarray:
-        """Log-probabilities (sigmoid probabilities for multi-label) for valid or test, in order."""
-        return self.predict_with_targs(is_test)[0]
-
-    def predict_with_targs(self, is_test: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """(predictions, targets) for valid (or test: targets are zeros when unlabelled)."""
-        return pr.with_targs(self, is_test)
-
-    def predict_array(self, x: Any) -> np.ndarray:
-        """Predictions for a batch: uint8 images (N, H, W, 3), H and W >= sz, are centre-cropped
-        and normalised; float arrays must already be normalised (N, sz, sz, 3)."""
-        return pr.on_array(self, x)
-
-    def TTA(self, n_aug: int = 4, is_test: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Test-time augmentation, as fastai 0.7: (predictions, targets), predictions stacked as
-        ceil(n_aug/4) copies of the plain pass followed by n_aug augmented passes (training
-        transforms, keys from the learner's seed). Average with np.mean(np.exp(p), 0)."""
-        return pr.tta(self, n_aug, is_test)
-
-    def interpretation(self, is_test: bool = False):
-        """A ClassificationInterpretation of the validation predictions (jaxcls.interpret):
-        most correct / incorrect / uncertain, top losses, confusion matrix, report."""
-        from jaxcls.interpret import ClassificationInterpretation
-        return ClassificationInterpretation.from_learner(self, is_test=is_test)
-
-    def plot_cam(self, idxs: Any, classes: Any = None, is_test: bool = False, fname: Any = None):
-        """Validation images `idxs` with the class activation map (Grad-CAM) of `classes`
-        (default: each image's predicted class) overlaid, titled like the lesson's plots."""
-        from jaxcls import plots
-        interp, idxs = self.interpretation(is_test), np.asarray(idxs, np.int64).ravel()
-        return plots.plot_interpretation(
-            interp, idxs, 'Class activation maps' + ('' if classes is None else ' (asked classes)'),
-            fname, heatmaps=interp.heatmaps(idxs, classes), rows=max(1, -(-len(idxs) // 4)))
-
-    def _models_dir(self) -> str:  # where save/load and checkpoints go by default
-        return os.path.join(self.data.path, 'models')
-
-    def describe(self) -> dict:
-        """The model description a saved model carries (jaxcls.train.modelfile)."""
-        return modelfile.describe(
-            arch_name=self.arch_name, spec=self.spec, classes=self.data.classes,
-            is_multi=self.is_multi, head=self.head_desc, stages=self.model.body.stage_sizes,
-            trainable=self.trainable, sz=self.data.sz, cache_size=self.data.cache_size,
-            pretrained=self.pretrained_body, val_tfms=self.data.tfms[1])
-
-    def save(self, name: str) -> str:
-        """Save params, BatchNorm statistics and optimizer state to {path}/models/{name} (Orbax)."""
-        return modelfile.save(self, name)
-
-    def load(self, name: str) -> None:
-        """Load a model saved with `save(name)`; its arch and classes must match this learner's."""
-        modelfile.load(self, name)
 
     def __repr__(self) -> str:
         return (f'ConvLearner({self.arch_name}, {self.data.c} classes, layer groups trainable '
