@@ -36,6 +36,7 @@ import numpy as np
 
 from jaxcls.data import decode as dec
 from jaxcls.data import items as it
+from jaxcls.data.csv_labels import csv_items
 from jaxcls.data import transforms as T
 from jaxcls.data.dataset import ImageDataset, check_tfms, resolve_size
 from jaxcls.data.loader import all_processes, shard_indices
@@ -328,10 +329,10 @@ class ImageClassifierData:
                  drop_last: bool = False, prefetch: int = 2, mesh=None
                  ) -> 'ImageClassifierData':
         """Images in ``{path}/{folder}`` labelled by a CSV (fname, labels); see
-        :func:`jaxcls.data.items.csv_items` for the CSV rules and the default
-        20 % validation split (fastai's seed 42). The positional order is
-        fastai 0.7's; `continuous` (regression) must stay False. Other
-        arguments as in :meth:`from_paths`.
+        :mod:`jaxcls.data.csv_labels` for the CSV rules, the bad rows (`on_bad` applies to
+        them as to bad image files) and the default 20 % validation split (fastai's seed
+        42). The positional order is fastai 0.7's; `continuous` (regression) must stay
+        False. Other arguments as in :meth:`from_paths`.
 
         >>> import tempfile, pathlib; from PIL import Image
         >>> d = pathlib.Path(tempfile.mkdtemp()); (d / 'imgs').mkdir()
@@ -343,8 +344,8 @@ class ImageClassifierData:
         (['cat', 'dog'], 8, ['imgs/1.png', 'imgs/8.png'])
         """
         _no_regression(continuous)
-        lay = it.csv_items(path, folder, csv_fname, val_idxs, suffix, test_name, skip_header,
-                           cat_separator)
+        lay = csv_items(path, folder, csv_fname, val_idxs, suffix, test_name, skip_header,
+                        cat_separator, on_bad)
         return cls._from_layout(lay, bs=bs, tfms=tfms, num_workers=num_workers,
                                 cache_dir=cache_dir, on_bad=on_bad, cache_size=cache_size,
                                 key=key, quiet=quiet, drop_last=drop_last, prefetch=prefetch,
