@@ -40,6 +40,7 @@ from jaxcls.data.csv_labels import csv_items
 from jaxcls.data import transforms as T
 from jaxcls.data.dataset import ImageDataset, check_tfms, resolve_size
 from jaxcls.data.loader import all_processes, shard_indices
+from jaxcls.data.resize import resized_layout
 from jaxcls.data.tfds import read_tfds
 from jaxcls.data.tfm_loader import TfmDataLoader, jitted
 
@@ -108,6 +109,7 @@ class ImageClassifierData:
         self.sz = max(szs) if szs else trn_ds.cache_size
         self.cache_size = trn_ds.cache_size
         self.key, self.drop_last, self.prefetch, self.mesh = key, drop_last, prefetch, mesh
+        self._source: dict | None = None  # how files were decoded (from_paths, from_csv): resize
         self._make_loaders()
         self.skipped = list(skipped) + [s for ds in (trn_ds, val_ds, test_ds) if ds is not None
                                         for s in ds.skipped]
@@ -273,8 +275,33 @@ class ImageClassifierData:
                                    f'of {nm}; their own error says why')
             dss.append(ImageDataset.from_decoded(d, None if split.y is None else split.y[idx],
                                                  lay.classes, is_multi=lay.is_multi, ids=idx))
-        return cls(lay.root, *dss, bs=bs, tfms=tfms, key=key, drop_last=drop_last,
+        data = cls(lay.root, *dss, bs=bs, tfms=tfms, key=key, drop_last=drop_last,
                    prefetch=prefetch, mesh=mesh, skipped=lay.skipped)
+        data._source = dict(num_workers=num_workers, cache_dir=cache_dir, on_bad=on_bad,
+                            cache_size=cache_size, quiet=quiet, names=names)
+        return data
+
+    def resize(self, targ_sz: int, new_path: str = 'tmp', resume: bool = True,
+               num_workers: int | None = None) -> 'ImageClassifierData':
+        """fastai 0.7's ``data.resize``: writes every image file once more with its shorter side
+        scaled to `targ_sz`, under ``{path}/{new_path}/{targ_sz}/`` (in parallel; resumable:
+        copies newer than their file are kept unless ``resume=False``; files that cannot be
+        decoded are skipped and reported as this data's `on_bad` says), and returns data that
+        reads the copy: the same classes, splits, transforms and batch size. Its decode cache
+        lives under the copy (or in memory when this data's does). See :mod:`jaxcls.data.resize`.
+        """
+        if self._source is None:
+            raise ValueError('data.resize writes a resized copy of image files, and this data was '
+                             'not read from files (from_arrays, from_tfds); build it with a '
+                             'smaller cache_size= instead')
+        src = dict(self._source)
+        lay = resized_layout(self, targ_sz, new_path, resume=resume,
+                             num_workers=num_workers or src['num_workers'], on_bad=src['on_bad'],
+                             quiet=src['quiet'])
+        src['cache_dir'] = False if src['cache_dir'] is False else None
+        return type(self)._from_layout(lay, bs=self.bs, tfms=self.tfms, key=self.key,
+                                       drop_last=self.drop_last, prefetch=self.prefetch,
+                                       mesh=self.mesh, **src)
 
     @classmethod
     def from_paths(cls, path: str, bs: int = 64, tfms=(None, None), trn_name: str = 'train',
