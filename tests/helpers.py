@@ -2,6 +2,7 @@
 learner they build, tree comparisons, fastai 0.7's CosAnneal as a reference, a safetensors
 writer. tests/conftest.py puts this folder on sys.path, so `from helpers import ...` works
 from every subfolder (and from the scripts the subprocess tests run)."""
+import contextlib
 import json
 import os
 import struct
@@ -44,6 +45,23 @@ def colour_square_arrays(n, seed=0):
     x[y == 1, 8:24, 8:24, 2] = 230
     x[y == 0, 8:24, 8:24, 0] = 230
     return x, y
+
+
+@contextlib.contextmanager
+def lowerings():
+    """The names of the functions jax lowers while the block runs ('jit(train_step)', ...):
+    one per miss of a jitted function's cache, whether XLA then compiles the program or the
+    persistent cache serves it. An empty list: nothing compiled."""
+    seen = []
+
+    def listen(event, duration, **kw):
+        if event == '/jax/core/compile/jaxpr_to_mlir_module_duration':
+            seen.append(kw.get('fun_name'))
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        yield seen
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
 
 
 def learner(data, **kw):

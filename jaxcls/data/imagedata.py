@@ -25,6 +25,9 @@ cut to the process's share there, after decoding.
 To look at the images: :meth:`ImageClassifierData.preview_batch` (a batch as
 the model sees it) and :meth:`ImageClassifierData.aug_samples` (augmented
 versions of one image) return them as 0..1 float arrays, ready to draw.
+
+:meth:`ImageClassifierData.resize` (fastai 0.7's ``data.resize``) writes a copy of the
+files at a smaller size once and returns data that reads it (:mod:`jaxcls.data.resize`).
 """
 from __future__ import annotations
 
