@@ -11,21 +11,33 @@ folder per variant, best of interleaved repeats:
   * all cores as worker processes (a GIL each; what `data.resize` picks from
     PROCESS_MIN_FILES files);
 and the target: parallel >= 0.8 x cores x the single-thread rate. CPU ms per image (this
-process's CPU time, so it leaves the workers' out) and the load average show when other
-processes shared the cores. Last, a second call over finished copies (the resumed case: stat
-only, nothing rewritten).
+process's and its finished worker processes') is the work each image costs whatever else
+runs: equal across the variants, the parallel ones would reach cores x one thread on idle
+cores; the load average says whether other processes shared them. Last, a second call over
+finished copies (the resumed case: stat only, nothing rewritten).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import tempfile
 import time
 
-from bench_decode import make_jpegs, timed
+from bench_decode import make_jpegs
 
 from jaxcls.data.resize import PROCESS_MIN_FILES, resize_files
+
+
+def timed(fn, n):
+    """(images/s, CPU seconds per image of this process and its finished children, result)."""
+    def cpu():
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return time.process_time() + r.ru_utime + r.ru_stime
+    t, c = time.perf_counter(), cpu()
+    out = fn()
+    return n / (time.perf_counter() - t), (cpu() - c) / n, out
 
 
 def main() -> None:

@@ -132,10 +132,13 @@ def resize_files(fnames: Sequence[str], root: str, dest: str, targ_sz: int, *,
             finally:
                 decode_procs.stop_workers(procs)
         else:
-            with cf.ThreadPoolExecutor(workers, thread_name_prefix='jaxcls-resize') as ex:
+            ex = cf.ThreadPoolExecutor(workers, thread_name_prefix='jaxcls-resize')
+            try:
                 for (i, _), err in zip(todo, ex.map(lambda it: job(*it), todo)):
                     reasons[i] = err
                     bar.update(1)
+            finally:  # Ctrl-C: the files not started are left for the resumed call
+                ex.shutdown(wait=True, cancel_futures=True)
     skipped = [(names[i], r) for i, r in sorted(reasons.items()) if r is not None]
     report_skipped(skipped, len(names), name, on_bad)
     return Resized(dest, len(todo) - len(skipped), len(items) - len(todo), skipped)
