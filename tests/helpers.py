@@ -2,6 +2,8 @@
 learner they build, tree comparisons, fastai 0.7's CosAnneal as a reference, a safetensors
 writer. tests/conftest.py puts this folder on sys.path, so `from helpers import ...` works
 from every subfolder (and from the scripts the subprocess tests run)."""
+import csv
+import glob
 import json
 import os
 import struct
@@ -44,6 +46,16 @@ def colour_square_arrays(n, seed=0):
     x[y == 1, 8:24, 8:24, 2] = 230
     x[y == 0, 8:24, 8:24, 0] = 230
     return x, y
+
+
+def square_data(path, n, n_train, seed=0, bs=10):
+    """ImageClassifierData of `colour_square_arrays(n, seed)`: the first n_train to train, the
+    rest to validate, tiny-arch transforms at 32 px from 36 px images."""
+    from jaxcls import ImageClassifierData, tfms_from_model
+    x, y = colour_square_arrays(n, seed=seed)
+    return ImageClassifierData.from_arrays(str(path), (x[:n_train], y[:n_train]),
+                                           (x[n_train:], y[n_train:]), bs=bs,
+                                           tfms=tfms_from_model(TINY, SZ), cache_size=36)
 
 
 def learner(data, **kw):
@@ -105,3 +117,25 @@ def write_safetensors(path, tensors, metadata=None):
         off += len(b)
     h = json.dumps(header).encode()
     Path(path).write_bytes(struct.pack('<Q', len(h)) + h + b''.join(blobs))
+
+
+def read_csv(fname):
+    """A CSVLogger file's rows without the wall-time column."""
+    rows = list(csv.reader(open(fname)))
+    col = rows[0].index('time')
+    return [r[:col] + r[col + 1:] for r in rows]   # everything but the wall time
+
+
+def read_events(folder):
+    """Sorted (tag, step, value) of every scalar in a folder's TensorBoard event files, but
+    the wall time, read with tensorboardX's own protobuf classes (an independent reader)."""
+    from tensorboardX.proto import event_pb2
+    from jaxcls.train.event_file import read_records
+    out = []
+    for path in glob.glob(os.path.join(folder, '*tfevents*')):
+        for _, _, payload in read_records(open(path, 'rb').read()):
+            ev = event_pb2.Event()
+            ev.ParseFromString(payload)
+            out += [(v.tag, ev.step, v.simple_value) for v in ev.summary.value
+                    if v.tag != 'epoch/time']
+    return sorted(out)
