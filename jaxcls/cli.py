@@ -3,7 +3,7 @@
     jaxcls train data/dogscats --arch resnet34 --sz 224 --epochs 3 --precompute
     jaxcls lr-find data/dogscats
     jaxcls predict data/dogscats/models/resnet34_224 photos/ --csv
-    jaxcls interpret data/dogscats/models/resnet34_224 data/dogscats
+    jaxcls interpret data/dogscats/models/resnet34_224 data/dogscats --html report.html
     jaxcls clean data/dogscats/models/resnet34_224 data/dogscats
     jaxcls demo
 
@@ -180,6 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
     it.add_argument('--out', metavar='DIR', help=f'where plots go (default PATH/{OUT_DIRNAME})')
     it.add_argument('--cam', action='store_true', help='also save the top-loss and most-incorrect '
                     'images with class activation maps (Grad-CAM) overlaid')
+    it.add_argument('--html', metavar='REPORT.html', help='also write one self-contained HTML '
+                    'report (images inlined): the epoch table and lr_find plot of the run that '
+                    'trained MODEL (when its summary.json is found), the confusion matrix, the '
+                    'top losses with Grad-CAM overlays, the most confused pairs')
+    it.add_argument('--summary', metavar='FILE', help="with --html: the training run's "
+                    'summary.json (default: looked up in --out, PATH/jaxcls-out and beside '
+                    "MODEL's models folder)")
+    it.add_argument('--top', type=_positive_int, default=9, metavar='K',
+                    help='with --html: top losses shown (default 9)')
     it.set_defaults(func=C.interpret)
 
     cl = sub.add_parser('clean', help='rank the files a model disagrees with (CSV, contact sheet); '
