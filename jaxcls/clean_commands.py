@@ -52,12 +52,16 @@ def clean(args: argparse.Namespace) -> int:
     return _rank(args, *paths)
 
 
-def _probabilities(pred, x, bs: int):
-    """The model's probabilities for decoded images, in padded batches of bs (one compile)."""
+def _probabilities(pred, x, bs: int, desc: str):
+    """The model's probabilities for decoded images, in padded batches of bs (one compile),
+    with a progress bar on stderr."""
     import numpy as np
+    from tqdm.auto import tqdm
     from jaxcls.train.precompute import compute_features
-    c = len(pred.classes)
-    return compute_features(pred.predict_images, x, bs) if len(x) else np.zeros((0, c))
+    if not len(x):
+        return np.zeros((0, len(pred.classes)))
+    with tqdm(total=len(x), desc=desc, unit='img', leave=False) as bar:
+        return compute_features(pred.predict_images, x, bs, progress=bar.update)
 
 
 def _rank(args: argparse.Namespace, model: str, path: str) -> int:
@@ -73,13 +77,13 @@ def _rank(args: argparse.Namespace, model: str, path: str) -> int:
         raise UserError(f'{model} is a multi-label model; jaxcls clean ranks files by their '
                         'one label (a folder per class), so it needs a single-label model')
     with C._user_errors():
-        data = ImageClassifierData.from_paths(path, bs=args.bs, cache_size=pred.cache_size,
-                                              quiet=True)
+        data = ImageClassifierData.from_paths(path, bs=args.bs, cache_size=pred.cache_size)
     if list(data.classes) != list(pred.classes):
         raise UserError(f'{model} was trained on the classes {pred.classes} but {path} has '
                         f'{data.classes}; clean a dataset with the same class folders')
     splits = (data.trn_ds, data.val_ds)
-    probs = np.concatenate([_probabilities(pred, ds.x, args.bs) for ds in splits])
+    probs = np.concatenate([_probabilities(pred, ds.x, args.bs, f'predict {nm}')
+                            for ds, nm in zip(splits, ('train', 'valid'))])
     labels = np.concatenate([np.asarray(ds.y, np.int64) for ds in splits])
     names = [f for ds in splits for f in ds.fnames]
     rows = ranking.rank(probs, labels, names, data.classes, skipped=data.skipped)

@@ -1,9 +1,9 @@
 """Notebook widgets: `ImageClassifierCleaner(learn)`, the data cleaner of `jaxcls clean` in a
 notebook.
 
-    >>> cleaner = ImageClassifierCleaner(learn)        # doctest: +SKIP
-    >>> cleaner                                         # doctest: +SKIP  (the widgets)
-    >>> print(cleaner.table(10))                        # doctest: +SKIP  (no widgets needed)
+    >>> cleaner = ImageClassifierCleaner(learn)         # doctest: +SKIP
+    >>> cleaner              # shows the widgets          # doctest: +SKIP
+    >>> print(cleaner.table(10))   # no widgets needed    # doctest: +SKIP
     >>> cleaner.write_csv('decisions.csv'); cleaner.apply()   # doctest: +SKIP
 
 The widgets need ipywidgets, an optional extra (``pip install 'jaxcls[widgets]'``); without
