@@ -24,7 +24,7 @@ _HOME = {
                      'RandomZoom', 'tfms_from_model', 'tfms_from_stats', 'transforms_basic',
                      'transforms_side_on', 'transforms_top_down'], 'jaxcls.data.tfm_config'),
     **dict.fromkeys(['resnet18', 'resnet34', 'resnet50'], 'jaxcls.models'),
-    'ClassificationInterpretation': 'jaxcls.interpret',
+    'ClassificationInterpretation': 'jaxcls.interpret', 'ImageClassifierCleaner': 'jaxcls.widgets',
     'Callback': 'jaxcls.train.callbacks',
     **dict.fromkeys(['CSVLogger', 'TensorBoardLogger'], 'jaxcls.train.loggers'),
     'ConvLearner': 'jaxcls.train.learner', 'TrainingDiverged': 'jaxcls.train.callbacks',

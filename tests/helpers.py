@@ -1,12 +1,14 @@
 """What several test files share: the tiny arch, generated image folders and arrays, the
 learner they build, tree comparisons, fastai 0.7's CosAnneal as a reference, a safetensors
-writer. tests/conftest.py puts this folder on sys.path, so `from helpers import ...` works
-from every subfolder (and from the scripts the subprocess tests run)."""
+writer, a parser of the HTML pages jaxcls writes, readers of the CSV and TensorBoard logs.
+tests/conftest.py puts this folder on sys.path, so `from helpers import ...` works from every
+subfolder (and from the scripts the subprocess tests run)."""
 import csv
 import glob
 import json
 import os
 import struct
+from html.parser import HTMLParser
 from pathlib import Path
 
 import jax
@@ -139,3 +141,43 @@ def read_events(folder):
             out += [(v.tag, ev.step, v.simple_value) for v in ev.summary.value
                     if v.tag != 'epoch/time']
     return sorted(out)
+
+
+class HtmlPage(HTMLParser):
+    """What a page jaxcls writes holds, parsed with the standard library: section ids, image
+    sources, the tags of the cards (class 'card'), the tables ((section id, rows of cell
+    texts)), and anything that would fetch from elsewhere (a src or href that is not a data
+    URI, a script, link or iframe)."""
+
+    def __init__(self, text):
+        super().__init__()
+        self.sections, self.imgs, self.cards, self.tables, self.external = [], [], [], [], []
+        self._cell = None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == 'section':
+            self.sections.append(a['id'])
+        elif tag == 'img':
+            self.imgs.append(a['src'])
+        elif tag == 'div' and 'card' in (a.get('class') or '').split():
+            self.cards.append(a)
+        elif tag == 'table':
+            self.tables.append((self.sections[-1] if self.sections else None, []))
+        elif tag == 'tr':
+            self.tables[-1][1].append([])
+        elif tag in ('td', 'th'):
+            self._cell = ''
+        if tag in ('script', 'link', 'iframe'):
+            self.external.append(tag)
+        self.external += [a[k] for k in ('src', 'href') if k in a and not a[k].startswith('data:')]
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+    def handle_endtag(self, tag):
+        if tag in ('td', 'th'):
+            self.tables[-1][1][-1].append(self._cell)
+            self._cell = None
