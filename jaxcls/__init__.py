@@ -29,6 +29,8 @@ _HOME = {
     **dict.fromkeys(['CSVLogger', 'TensorBoardLogger'], 'jaxcls.train.loggers'),
     'ConvLearner': 'jaxcls.train.learner', 'TrainingDiverged': 'jaxcls.train.callbacks',
     'OutOfDeviceMemory': 'jaxcls.train.memory',
+    **dict.fromkeys(['Predictor', 'load_learner'], 'jaxcls.train.inference'),
+    'ModelFileError': 'jaxcls.train.integrity',
     **dict.fromkeys(['accuracy', 'accuracy_np', 'accuracy_thresh', 'fbeta'], 'jaxcls.train.metrics'),
     **dict.fromkeys(['plot_confusion_matrix', 'plots_from_files'], 'jaxcls.plots'),
     'get_cv_idxs': 'jaxcls.data.items',

@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                         'probability. Folders are searched for images (recursively). Files '
                         'that cannot be decoded are reported on stderr and skipped.')
     pr.add_argument('model', metavar='MODEL', help='a model folder saved by jaxcls train / '
-                    'learn.save (e.g. PATH/models/resnet34_224)')
+                    'learn.save (e.g. PATH/models/resnet34_224), or a file from learn.export')
     pr.add_argument('inputs', metavar='IMAGE_OR_FOLDER', nargs='+', help='images or folders')
     pr.add_argument('--csv', nargs='?', const='-', metavar='FILE',
                     help='write CSV (path,class,probability) to FILE, or to stdout without FILE')
@@ -172,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
                         description='Load MODEL, predict PATH/valid/<class>/ images, print the '
                         'confusion matrix and the per-class report, and save plots (confusion '
                         'matrix, top losses, most incorrect images per class) under --out.')
-    it.add_argument('model', metavar='MODEL', help='a model folder saved by jaxcls train / learn.save')
+    it.add_argument('model', metavar='MODEL', help='a model folder saved by jaxcls train / '
+                    'learn.save, or a file from learn.export')
     it.add_argument('path', metavar='PATH', help='dataset folder holding the validation folder')
     it.add_argument('--valid-name', default='valid', metavar='NAME',
                     help='name of the validation folder inside PATH (default valid)')

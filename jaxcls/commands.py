@@ -276,10 +276,15 @@ def _image_list(inputs: Sequence[str]) -> list[str]:
 
 
 def _checkpoint_meta(model: str) -> tuple[str, dict]:
-    """(absolute folder, saved description) of a model folder; UserError if it is not one."""
+    """(absolute path, saved description) of a model folder or an exported model file;
+    UserError if it is neither."""
     from jaxcls.train import modelfile
-    folder = _need_dir(model, 'model folder', 'pass a folder saved by jaxcls train or '
-                       'learn.save(name), e.g. PATH/models/resnet34_224')
+    if os.path.isfile(model):
+        folder = os.path.abspath(model)
+    else:
+        folder = _need_dir(model, 'model folder', 'pass a folder saved by jaxcls train or '
+                           'learn.save(name), e.g. PATH/models/resnet34_224, or a file from '
+                           'learn.export(name)')
     try:
         return folder, modelfile.read(folder)
     except modelfile.ModelFileError as e:

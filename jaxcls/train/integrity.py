@@ -24,7 +24,7 @@ import xxhash
 
 __all__ = ['ModelFileError', 'DamagedModelError', 'FolderBusyError', 'NotEnoughSpaceError',
            'DIGEST_VERSION', 'tree_digest', 'json_digest', 'verify_tree', 'verify_json',
-           'digest_item', 'leaf_paths']
+           'digest_item', 'leaf_paths', 'tree_shapes']
 
 DIGEST_VERSION = 1
 ALGORITHM = 'xxh3_128'
@@ -70,6 +70,12 @@ def _hash(data: Any) -> str:
 
 def _hash_array(a: np.ndarray) -> str:
     return _hash(a.reshape(-1).view(np.uint8))
+
+
+def tree_shapes(tree: Any) -> dict:
+    """{path: {'shape', 'dtype'}} of a pytree of arrays, as a digest records them."""
+    return {p: {'shape': [int(d) for d in np.shape(x)], 'dtype': np.dtype(x.dtype).name}
+            for p, x in leaf_paths(tree)}
 
 
 def tree_digest(tree: Any) -> dict:

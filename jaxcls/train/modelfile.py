@@ -22,7 +22,9 @@ import jax.numpy as jnp
 from jaxcls.data import transforms as T
 
 from . import checkpoint as ckpt
+from . import export as ex
 from .integrity import DamagedModelError, ModelFileError  # noqa: F401 (re-exported)
+from .integrity import tree_shapes
 
 # Everything a model must describe to be rebuilt without its training data.
 REQUIRED = ('arch', 'arch_spec', 'classes', 'c', 'is_multi', 'head', 'stages', 'sz',
@@ -62,13 +64,14 @@ def describe(*, arch_name: str, spec: Any, classes, is_multi: bool, head: dict, 
 
 
 def read(folder: str) -> dict:
-    """The description saved in `folder`, checked against its digest and for every REQUIRED part.
+    """The description saved in `folder` (a model folder, or a file `learn.export` wrote),
+    checked against its digest and for every REQUIRED part.
 
     Raises FileNotFoundError (naming the saved models beside it) for a missing folder,
-    ModelFileError for a folder that is not a jaxcls model, is damaged, lacks parts or was
-    written by a newer jaxcls.
+    ModelFileError for a folder or file that is not a jaxcls model, is damaged, lacks parts
+    or was written by a newer jaxcls.
     """
-    meta = ckpt.load_meta(folder)
+    meta = ex.read_export_meta(folder) if os.path.isfile(folder) else ckpt.load_meta(folder)
     if not isinstance(meta, dict):
         raise ModelFileError(f'{folder!r} is not a jaxcls model folder: its description is a '
                              f'{type(meta).__name__}, not the dict jaxcls writes')
@@ -114,11 +117,22 @@ def save(learn, name: str) -> str:
 
 def load(learn, name: str) -> None:
     """`learn.load(name)`: the arrays saved by `save(name)`, into a learner built the same way
-    (arch, classes, head); the optimizer state too when the same layer groups are trainable."""
+    (arch, classes, head); the optimizer state too when the same layer groups are trainable.
+    `name` may also be a file `learn.export` wrote (weights and statistics only)."""
     folder = os.path.join(learn._models_dir(), name)
     meta = read(folder)
     check_same_network(meta, learn.describe(), folder)
     state = learn.state
+    if os.path.isfile(folder):
+        _, tree = ex.read_export(folder)
+        ckpt.verify_shapes({'params': state.params, 'batch_stats': state.batch_stats},
+                           {'arrays': {'state': tree_shapes(tree)}}, folder)
+        cast = {k: jax.tree_util.tree_map(lambda t, a: jnp.asarray(a, t.dtype), getattr(state, k),
+                                          tree[k]) for k in ('params', 'batch_stats')}
+        learn.state = learn._place(state.replace(**cast))
+        if learn.precompute:
+            learn._features.ensure()
+        return
     target = {'params': state.params, 'batch_stats': state.batch_stats, 'step': state.step}
     if tuple(meta.get('trainable', ())) == learn.trainable:
         target['opt_state'] = state.opt_state
