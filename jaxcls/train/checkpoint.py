@@ -11,6 +11,7 @@ folder, the part and the fix, with Orbax's or TensorStore's own error chained.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -25,9 +26,9 @@ from . import safe_write as sw
 from .integrity import (DamagedModelError, ModelFileError, NotEnoughSpaceError, digest_item,
                         leaf_paths, verify_json, verify_tree)
 
-# Orbax's OCDBT files hold the arrays uncompressed, plus metadata of about 0.1 MiB for a
-# ResNet34 (its _METADATA, _sharding and manifests): the free space a save asks for is the
-# arrays' bytes and this.
+# Orbax's OCDBT files hold the arrays (zstd level 1: float weights barely shrink, so their
+# raw bytes are the bound) plus about 0.1 MiB of metadata for a ResNet34 (_METADATA,
+# _sharding, manifests): the free space a save asks for is the arrays' bytes and this margin.
 _ORBAX_OVERHEAD = 4 << 20
 
 
@@ -110,19 +111,28 @@ def _check_folder(folder: str, items: tuple[str, ...]) -> str:
     return folder
 
 
-def _restore(folder: str, what: str, **args) -> dict:
-    """Orbax's restore of some items, its errors turned into ModelFileError."""
+@contextlib.contextmanager
+def reading(folder: str, what: str, fix: str = 'Use another copy of the model, or save it again'):
+    """Turn what Orbax, TensorStore and json raise while reading `what` of `folder` into one
+    ModelFileError naming both (the original chained); ModelFileError and a missing folder
+    pass through."""
     try:
-        return _checkpointer().restore(folder, ocp.args.Composite(**args))
+        yield
     except (ModelFileError, FileNotFoundError):
         raise
     except json.JSONDecodeError as e:
-        raise ModelFileError(f'{folder} is damaged: its {what} is not readable JSON ({e}); use '
-                             'another copy of the model, or save it again') from e
+        raise ModelFileError(f'{folder} is damaged: its {what} is not readable JSON ({e}). '
+                             f'{fix}') from e
     except Exception as e:  # noqa: BLE001 -- Orbax and TensorStore raise plain Exception
         text = ' '.join(str(e).split()).split(' See full TensorStore details')[0]
-        raise ModelFileError(f'{folder} is damaged: its {what} cannot be read ({text[:160]}); '
-                             'use another copy of the model, or save it again') from e
+        raise ModelFileError(f'{folder} is damaged: its {what} cannot be read ({text[:160]}). '
+                             f'{fix}') from e
+
+
+def _restore(folder: str, what: str, **args) -> dict:
+    """Orbax's restore of some items, its errors turned into ModelFileError."""
+    with reading(folder, what):
+        return _checkpointer().restore(folder, ocp.args.Composite(**args))
 
 
 def read_digest(folder: str) -> Optional[dict]:

@@ -45,7 +45,7 @@ import orbax.checkpoint as ocp
 
 from . import safe_write as sw
 from .callbacks import Callback
-from .checkpoint import saved_size
+from .checkpoint import reading, saved_size
 from .integrity import NotEnoughSpaceError, digest_item, verify_json, verify_tree
 
 __all__ = ['ModelCheckpoint', 'SaveBest', 'ResumeMismatch', 'STATE_KEYS']
@@ -197,8 +197,9 @@ class ModelCheckpoint(Callback):
         """The digest item of a step, or None for a checkpoint written before digests."""
         if not os.path.isdir(os.path.join(self.directory, str(step), 'digest')):
             return None
-        return self.manager.restore(step, args=ocp.args.Composite(
-            digest=ocp.args.JsonRestore()))['digest']
+        with reading(self._where(step), 'digest', _FIX):
+            return self.manager.restore(step, args=ocp.args.Composite(
+                digest=ocp.args.JsonRestore()))['digest']
 
     def _where(self, step: int) -> str:
         return os.path.join(self.directory, str(step))
@@ -207,23 +208,26 @@ class ModelCheckpoint(Callback):
 
     def read_record(self, step: int) -> dict:
         """The 'progress' JSON of one checkpoint, checked against its digest."""
-        rec = self.manager.restore(step, args=ocp.args.Composite(
-            progress=ocp.args.JsonRestore()))['progress']
+        with reading(self._where(step), 'progress record', _FIX):
+            rec = self.manager.restore(step, args=ocp.args.Composite(
+                progress=ocp.args.JsonRestore()))['progress']
         verify_json(rec, self._digest(step), self._where(step), 'progress', _FIX)
         return rec
 
     def read_meta(self, step: int) -> dict:
         """The model description ('meta') of one checkpoint, checked against its digest."""
-        meta = self.manager.restore(step, args=ocp.args.Composite(
-            meta=ocp.args.JsonRestore()))['meta']
+        with reading(self._where(step), 'description (meta)', _FIX):
+            meta = self.manager.restore(step, args=ocp.args.Composite(
+                meta=ocp.args.JsonRestore()))['meta']
         verify_json(meta, self._digest(step), self._where(step), 'meta', _FIX)
         return meta
 
     def read_state(self, step: int, target: Any) -> dict:
         """The state arrays of one checkpoint, restored onto `target`'s shapes and shardings
         and checked against its digest."""
-        state = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_target(target))))['state']
+        with reading(self._where(step), 'arrays (state)', _FIX):
+            state = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_target(target))))['state']
         verify_tree(state, self._digest(step), self._where(step), 'state', _FIX)
         return state
 
