@@ -1,9 +1,10 @@
-"""The `jaxcls` command: train, lr-find, predict, interpret and demo from a shell.
+"""The `jaxcls` command: train, lr-find, predict, interpret, clean and demo from a shell.
 
     jaxcls train data/dogscats --arch resnet34 --sz 224 --epochs 3 --precompute
     jaxcls lr-find data/dogscats
     jaxcls predict data/dogscats/models/resnet34_224 photos/ --csv
-    jaxcls interpret data/dogscats/models/resnet34_224 data/dogscats
+    jaxcls interpret data/dogscats/models/resnet34_224 data/dogscats --html report.html
+    jaxcls clean data/dogscats/models/resnet34_224 data/dogscats
     jaxcls demo
 
 Every command is the Python workflow (`ImageClassifierData.from_paths`,
@@ -23,6 +24,7 @@ import math
 import sys
 from typing import Optional, Sequence
 
+from jaxcls import clean_commands
 from jaxcls import commands as C
 from jaxcls.commands import EXIT_USAGE, OUT_DIRNAME, UserError
 
@@ -156,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                         'probability. Folders are searched for images (recursively). Files '
                         'that cannot be decoded are reported on stderr and skipped.')
     pr.add_argument('model', metavar='MODEL', help='a model folder saved by jaxcls train / '
-                    'learn.save (e.g. PATH/models/resnet34_224)')
+                    'learn.save (e.g. PATH/models/resnet34_224), or a file from learn.export')
     pr.add_argument('inputs', metavar='IMAGE_OR_FOLDER', nargs='+', help='images or folders')
     pr.add_argument('--csv', nargs='?', const='-', metavar='FILE',
                     help='write CSV (path,class,probability) to FILE, or to stdout without FILE')
@@ -170,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
                         description='Load MODEL, predict PATH/valid/<class>/ images, print the '
                         'confusion matrix and the per-class report, and save plots (confusion '
                         'matrix, top losses, most incorrect images per class) under --out.')
-    it.add_argument('model', metavar='MODEL', help='a model folder saved by jaxcls train / learn.save')
+    it.add_argument('model', metavar='MODEL', help='a model folder saved by jaxcls train / '
+                    'learn.save, or a file from learn.export')
     it.add_argument('path', metavar='PATH', help='dataset folder holding the validation folder')
     it.add_argument('--valid-name', default='valid', metavar='NAME',
                     help='name of the validation folder inside PATH (default valid)')
@@ -178,7 +181,38 @@ def build_parser() -> argparse.ArgumentParser:
     it.add_argument('--out', metavar='DIR', help=f'where plots go (default PATH/{OUT_DIRNAME})')
     it.add_argument('--cam', action='store_true', help='also save the top-loss and most-incorrect '
                     'images with class activation maps (Grad-CAM) overlaid')
+    it.add_argument('--html', metavar='REPORT.html', help='also write one self-contained HTML '
+                    'report (images inlined): the epoch table and lr_find plot of the run that '
+                    'trained MODEL (when its summary.json is found), the confusion matrix, the '
+                    'top losses with Grad-CAM overlays, the most confused pairs')
+    it.add_argument('--summary', metavar='FILE', help="with --html: the training run's "
+                    'summary.json (default: looked up in --out, PATH/jaxcls-out and beside '
+                    "MODEL's models folder)")
+    it.add_argument('--top', type=_positive_int, default=9, metavar='K',
+                    help='with --html: top losses shown (default 9)')
     it.set_defaults(func=C.interpret)
+
+    cl = sub.add_parser('clean', help='rank the files a model disagrees with (CSV, contact sheet); '
+                        'move the ones you mark, with an undo', usage=clean_commands.USAGE,
+                        description='With MODEL PATH: predict every image of PATH/train and '
+                        'PATH/valid with the model, rank them (label and prediction disagree '
+                        'first, highest loss first; unreadable files flagged) and write clean.csv '
+                        'and clean.html (a contact sheet) under --out. With --apply CSV PATH: '
+                        'move the files whose action is delete to PATH/quarantine/ and those '
+                        'marked relabel:<class> into that class folder, writing an undo '
+                        'manifest. With --undo MANIFEST: move them back. Nothing is deleted.')
+    cl.add_argument('paths', nargs='*', metavar='MODEL PATH',
+                    help='a saved model and its dataset folder; with --apply only PATH')
+    cl.add_argument('--apply', metavar='DECISIONS.csv', help='act on the action column '
+                    '(keep, delete, relabel:<class>) of the CSV jaxcls clean wrote')
+    cl.add_argument('--undo', metavar='MANIFEST', help='put back the files of an --apply (its '
+                    'undo-*.json in PATH/quarantine/)')
+    cl.add_argument('--out', metavar='DIR', help=f'where clean.csv and clean.html go (default '
+                    f'PATH/{OUT_DIRNAME})')
+    cl.add_argument('--bs', type=_positive_int, default=64, help='batch size (default 64)')
+    cl.add_argument('--sheet', type=_positive_int, default=500, metavar='N',
+                    help='files shown in the contact sheet (default 500; the CSV has all)')
+    cl.set_defaults(func=clean_commands.clean)
 
     from jaxcls import demo as demo_mod
     d = sub.add_parser('demo', help="the lesson workflow on scikit-learn's handwritten digits",

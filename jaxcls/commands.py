@@ -276,10 +276,15 @@ def _image_list(inputs: Sequence[str]) -> list[str]:
 
 
 def _checkpoint_meta(model: str) -> tuple[str, dict]:
-    """(absolute folder, saved description) of a model folder; UserError if it is not one."""
+    """(absolute path, saved description) of a model folder or an exported model file;
+    UserError if it is neither."""
     from jaxcls.train import modelfile
-    folder = _need_dir(model, 'model folder', 'pass a folder saved by jaxcls train or '
-                       'learn.save(name), e.g. PATH/models/resnet34_224')
+    if os.path.isfile(model):
+        folder = os.path.abspath(model)
+    else:
+        folder = _need_dir(model, 'model folder', 'pass a folder saved by jaxcls train or '
+                           'learn.save(name), e.g. PATH/models/resnet34_224, or a file from '
+                           'learn.export(name)')
     try:
         return folder, modelfile.read(folder)
     except modelfile.ModelFileError as e:
@@ -402,11 +407,22 @@ def interpret(args: argparse.Namespace) -> int:
     """jaxcls interpret: confusion matrix, report and plots of a saved model on a valid folder."""
     from jaxcls.demo import save_interpretation
     from jaxcls.interpret import ClassificationInterpretation
+    if args.html and os.path.isdir(args.html):
+        raise UserError(f'--html {args.html!r} is a folder; give a file name, e.g. report.html')
     data, learn = _learner_for_checkpoint(args.model, args.path, args.valid_name, args.bs)
     out = _out_dir(args, os.path.abspath(args.path))
     os.makedirs(out, exist_ok=True)
     interp = ClassificationInterpretation.from_learner(learn)
     plots = save_interpretation(interp, out, cam=args.cam)
+    if args.html:
+        from jaxcls import htmlpage, report
+        model = os.path.abspath(args.model)
+        search = [out, os.path.join(data.path, OUT_DIRNAME),
+                  os.path.join(os.path.dirname(os.path.dirname(model)), OUT_DIRNAME)]
+        with _user_errors():
+            page = report.model_report(interp, model, search=search, summary_file=args.summary,
+                                       k=args.top, where=os.path.join(data.path, args.valid_name))
+            report_path = htmlpage.write(args.html, page)
     _close_figures()
     print(f'{len(interp)} images in {os.path.join(data.path, args.valid_name)}, '
           f'accuracy {interp.accuracy():.4f}')
@@ -420,6 +436,8 @@ def interpret(args: argparse.Namespace) -> int:
     print(interp.report())
     print()
     print(f'plots: {", ".join(sorted(os.path.basename(p) for p in plots.values()))} in {out}')
+    if args.html:
+        print(f'report: {report_path}')
     return 0
 
 

@@ -38,8 +38,8 @@ EXIT_INTERRUPTED = 130
 #: it: enough to unwind a training step and write one line, short of the 2 s a user waits.
 GRACE_S = 1.0
 
-# Orbax writes a checkpoint into '<step>.orbax-checkpoint-tmp-<n>' and renames it when whole.
-_PARTIAL = re.compile(r'.*\.orbax-checkpoint-tmp-\d+$')
+# Orbax writes a checkpoint into '<step>.orbax-checkpoint-tmp[-<n>]' and renames it when whole.
+_PARTIAL = re.compile(r'.*\.orbax-checkpoint-tmp(-\d+)?$')
 
 
 def complete_steps(directory: Optional[str]) -> list[int]:
@@ -52,15 +52,15 @@ def complete_steps(directory: Optional[str]) -> list[int]:
 
 def remove_partial(directory: Optional[str]) -> list[str]:
     """Delete what an unfinished write left in `directory`: Orbax's temporary checkpoint
-    folders, and this process's temporary files (jaxcls names them ``*.<pid>.*.tmp`` or
-    ``*.<pid>.*.tmp.npy`` before renaming them into place)."""
+    folders, and this process's temporary files and folders (jaxcls names them
+    ``*.<pid>.*.tmp`` or ``*.<pid>.*.tmp.npy`` before renaming them into place)."""
     if not directory or not os.path.isdir(directory):
         return []
     mine = f'.{os.getpid()}.'
     gone = []
     for n in os.listdir(directory):
         p = os.path.join(directory, n)
-        if _PARTIAL.match(n):
+        if _PARTIAL.match(n) or (mine in n and os.path.isdir(p) and n.endswith('.tmp')):
             shutil.rmtree(p, ignore_errors=True)
         elif mine in n and (n.endswith('.tmp') or n.endswith('.tmp.npy')):
             try:

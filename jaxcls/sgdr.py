@@ -8,9 +8,9 @@ schedules, the LR finder, and the checkpoint callbacks.
 A thin re-export for porting notebooks: no logic of its own, and nothing in jaxcls imports it.
 """
 from jaxcls.train.callbacks import (
-    CSVLogger, Callback, DivergenceGuard, LossRecorder, ProgressBar, Recorder, TensorBoardLogger,
-    TrainingDiverged
+    Callback, DivergenceGuard, LossRecorder, ProgressBar, Recorder, TrainingDiverged
 )
+from jaxcls.train.loggers import CSVLogger, TensorBoardLogger
 from jaxcls.train.lr_find import LRFinder
 from jaxcls.train.resume import ModelCheckpoint, SaveBest
 from jaxcls.train.schedules import (

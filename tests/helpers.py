@@ -1,11 +1,16 @@
 """What several test files share: the tiny arch, generated image folders and arrays, the
 learner they build, tree comparisons, fastai 0.7's CosAnneal as a reference, a safetensors
-writer. tests/conftest.py puts this folder on sys.path, so `from helpers import ...` works
-from every subfolder (and from the scripts the subprocess tests run)."""
+writer, a parser of the HTML pages jaxcls writes, readers of the CSV and TensorBoard logs, a
+counter of what jax compiles.
+tests/conftest.py puts this folder on sys.path, so `from helpers import ...` works from every
+subfolder (and from the scripts the subprocess tests run)."""
 import contextlib
+import csv
+import glob
 import json
 import os
 import struct
+from html.parser import HTMLParser
 from pathlib import Path
 
 import jax
@@ -45,6 +50,16 @@ def colour_square_arrays(n, seed=0):
     x[y == 1, 8:24, 8:24, 2] = 230
     x[y == 0, 8:24, 8:24, 0] = 230
     return x, y
+
+
+def square_data(path, n, n_train, seed=0, bs=10):
+    """ImageClassifierData of `colour_square_arrays(n, seed)`: the first n_train to train, the
+    rest to validate, tiny-arch transforms at 32 px from 36 px images."""
+    from jaxcls import ImageClassifierData, tfms_from_model
+    x, y = colour_square_arrays(n, seed=seed)
+    return ImageClassifierData.from_arrays(str(path), (x[:n_train], y[:n_train]),
+                                           (x[n_train:], y[n_train:]), bs=bs,
+                                           tfms=tfms_from_model(TINY, SZ), cache_size=36)
 
 
 @contextlib.contextmanager
@@ -123,3 +138,65 @@ def write_safetensors(path, tensors, metadata=None):
         off += len(b)
     h = json.dumps(header).encode()
     Path(path).write_bytes(struct.pack('<Q', len(h)) + h + b''.join(blobs))
+
+
+def read_csv(fname):
+    """A CSVLogger file's rows without the wall-time column."""
+    rows = list(csv.reader(open(fname)))
+    col = rows[0].index('time')
+    return [r[:col] + r[col + 1:] for r in rows]   # everything but the wall time
+
+
+def read_events(folder):
+    """Sorted (tag, step, value) of every scalar in a folder's TensorBoard event files, but
+    the wall time, read with tensorboardX's own protobuf classes (an independent reader)."""
+    from tensorboardX.proto import event_pb2
+    from jaxcls.train.event_file import read_records
+    out = []
+    for path in glob.glob(os.path.join(folder, '*tfevents*')):
+        for _, _, payload in read_records(open(path, 'rb').read()):
+            ev = event_pb2.Event()
+            ev.ParseFromString(payload)
+            out += [(v.tag, ev.step, v.simple_value) for v in ev.summary.value
+                    if v.tag != 'epoch/time']
+    return sorted(out)
+
+
+class HtmlPage(HTMLParser):
+    """What a page jaxcls writes holds, parsed with the standard library: section ids, image
+    sources, the tags of the cards (class 'card'), the tables ((section id, rows of cell
+    texts)), and anything that would fetch from elsewhere (a src or href that is not a data
+    URI, a script, link or iframe)."""
+
+    def __init__(self, text):
+        super().__init__()
+        self.sections, self.imgs, self.cards, self.tables, self.external = [], [], [], [], []
+        self._cell = None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == 'section':
+            self.sections.append(a['id'])
+        elif tag == 'img':
+            self.imgs.append(a['src'])
+        elif tag == 'div' and 'card' in (a.get('class') or '').split():
+            self.cards.append(a)
+        elif tag == 'table':
+            self.tables.append((self.sections[-1] if self.sections else None, []))
+        elif tag == 'tr':
+            self.tables[-1][1].append([])
+        elif tag in ('td', 'th'):
+            self._cell = ''
+        if tag in ('script', 'link', 'iframe'):
+            self.external.append(tag)
+        self.external += [a[k] for k in ('src', 'href') if k in a and not a[k].startswith('data:')]
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+    def handle_endtag(self, tag):
+        if tag in ('td', 'th'):
+            self.tables[-1][1][-1].append(self._cell)
+            self._cell = None

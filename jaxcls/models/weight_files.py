@@ -2,9 +2,10 @@
 
 `load_torch_file` reads torchvision `.pth` files (the zip format of torch >= 1.6 and the
 legacy pre-1.6 format) through a restricted unpickler that builds numpy arrays and refuses
-every global that is not tensor data (`UnsafePickleError`); `load_safetensors` parses
-`.safetensors` with numpy alone; `load_state_dict` picks one by the file's content. What the
-arrays mean for a ResNet is jaxcls.models.weights's business.
+every global that is not tensor data (`UnsafePickleError`); `load_safetensors` /
+`read_safetensors` parse `.safetensors` with numpy alone and `write_safetensors` writes one
+(the layout of jaxcls's exported models); `load_state_dict` picks a reader by the file's
+content. What the arrays mean for a ResNet is jaxcls.models.weights's business.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, BinaryIO, Mapping, Optional, Union
 
 import numpy as np
 
@@ -382,14 +383,12 @@ _SAFETENSORS_DTYPES = {
 }
 
 
-def load_safetensors(path: PathLike) -> dict[str, np.ndarray]:
-    """Read a `.safetensors` file as numpy arrays (bfloat16 -> float32), with numpy alone.
+def read_safetensors(path: PathLike) -> tuple[dict[str, str], dict[str, np.ndarray]]:
+    """(metadata, arrays) of a `.safetensors` file, with numpy alone (bfloat16 -> float32).
 
     Format: 8-byte little-endian header length N, N bytes of JSON
     {name: {dtype, shape, data_offsets: [begin, end]}} (offsets relative to the
-    byte buffer after the header), optional '__metadata__', then the buffer.
-
-    >>> sd = load_safetensors('model.safetensors')  # doctest: +SKIP
+    byte buffer after the header), optional '__metadata__' (str -> str), then the buffer.
     """
     path = Path(path)
     with open(path, 'rb') as f:
@@ -407,6 +406,8 @@ def load_safetensors(path: PathLike) -> dict[str, np.ndarray]:
             raise ValueError(
                 f'{path}: header is not valid JSON ({e}); not a safetensors file') from e
         buf = f.read()
+    if not isinstance(header, dict):
+        raise ValueError(f'{path}: header is JSON but not an object; not a safetensors file')
     out = {}
     for name, info in header.items():
         if name == '__metadata__':
@@ -426,7 +427,42 @@ def load_safetensors(path: PathLike) -> dict[str, np.ndarray]:
         if code == 'bfloat16':
             arr = (arr.astype(np.uint32) << 16).view(np.float32)
         out[name] = arr
-    return out
+    return dict(header.get('__metadata__') or {}), out
+
+
+def load_safetensors(path: PathLike) -> dict[str, np.ndarray]:
+    """Read a `.safetensors` file as numpy arrays (bfloat16 -> float32), with numpy alone
+    (`read_safetensors` without the metadata).
+
+    >>> sd = load_safetensors('model.safetensors')  # doctest: +SKIP
+    """
+    return read_safetensors(path)[1]
+
+
+def write_safetensors(f: BinaryIO, arrays: Mapping[str, np.ndarray],
+                      metadata: Optional[Mapping[str, str]] = None) -> int:
+    """Write `arrays` (name -> numpy array of a safetensors dtype) and `metadata` (str -> str)
+    to the open binary file `f` in the safetensors layout; returns the bytes written. The
+    header is padded with spaces so the arrays start 64-byte aligned, as the format allows."""
+    codes = {np.dtype(v).name if v != 'bfloat16' else 'bfloat16': k
+             for k, v in _SAFETENSORS_DTYPES.items()}
+    header, off = {}, 0
+    if metadata:
+        header['__metadata__'] = {str(k): str(v) for k, v in metadata.items()}
+    for name, a in arrays.items():
+        code = codes.get(np.dtype(a.dtype).name)
+        if code is None:
+            raise ValueError(f'{name} is {a.dtype}, which safetensors cannot hold; supported: '
+                             f'{sorted(codes)}')
+        header[name] = {'dtype': code, 'shape': list(a.shape),
+                        'data_offsets': [off, off + a.nbytes]}
+        off += a.nbytes
+    text = json.dumps(header, separators=(',', ':')).encode()
+    text += b' ' * (-(8 + len(text)) % 64)
+    f.write(struct.pack('<Q', len(text)) + text)
+    for a in arrays.values():
+        f.write(np.ascontiguousarray(a).astype(a.dtype.newbyteorder('<'), copy=False).tobytes())
+    return 8 + len(text) + off
 
 
 def load_state_dict(path: PathLike) -> dict[str, np.ndarray]:

@@ -3,8 +3,9 @@
 Callbacks never run inside `jit` and never reach into a step: they see the loop (its
 state, metrics and position) and plain Python numbers. The loop's own machinery is made
 of them: `LossRecorder` (the loss EMA and `learn.sched`), `ProgressBar`, `DivergenceGuard`;
-the checkpoint callbacks (ModelCheckpoint, SaveBest) live in jaxcls.train.resume, the
-learner's validation and epoch table in jaxcls.train.fit.
+the checkpoint callbacks (ModelCheckpoint, SaveBest) live in jaxcls.train.resume, the CSV
+and TensorBoard loggers in jaxcls.train.loggers, the learner's validation and epoch table
+in jaxcls.train.fit.
 
 A callback overrides loop events (`before_fit(loop)`, `before_epoch`, `before_batch`,
 `after_batch`, `after_train`, `after_epoch`, `after_fit`, `on_abort(loop, error)`), or
@@ -218,20 +219,28 @@ class ProgressBar(Callback):
 
 
 class DivergenceGuard(Callback):
-    """Raise TrainingDiverged when a step's loss is not finite.
+    """Raise TrainingDiverged when a step's loss is not finite, with the fit back at its last
+    good snapshot.
 
-    Each loss is read one step late, while the next step runs, so no step waits for it; a
-    step with a non-finite loss left the state unchanged (`skip_nonfinite`), so the model
-    keeps its last finite parameters.
+    Each loss is read one step late, while the next step runs, so no step waits for it. A
+    step with a non-finite loss leaves the state unchanged (`skip_nonfinite`), but the steps
+    just before it have usually driven the weights to finite yet useless values (1e14 and
+    more, which no lower rate recovers from). So the guard keeps a host copy of the state at
+    the start of the fit and at the end of every epoch whose losses were all finite, and puts
+    that snapshot (parameters, BatchNorm statistics, optimizer state, step, data epoch) back
+    before it raises: a new fit at a sane rate trains as from there. Copying a ResNet34's
+    state (170 MB with its momentum) to the host takes about 0.1 s once an epoch.
     """
 
     order = 0
 
     def __init__(self):
         self.pending = None
+        self.snapshot = None   # (host copy of the state, its step, data epoch, where)
 
     def before_fit(self, loop):
         self.pending = None
+        self._take(loop, 'the start of this fit')
 
     def after_batch(self, loop):
         prev, self.pending = self.pending, (loop.metrics['loss'], loop.last_iteration)
@@ -241,121 +250,30 @@ class DivergenceGuard(Callback):
         prev, self.pending = self.pending, None
         self._check(loop, prev)
 
+    def after_epoch(self, loop):
+        self._take(loop, f'the end of epoch {loop.epoch - 1} (data epoch), the last whose '
+                         'training losses were all finite')
 
+    def _take(self, loop, where: str) -> None:
+        import jax
+        host = jax.tree_util.tree_map(lambda x: np.array(x, copy=True), loop.state)
+        self.snapshot = (host, loop.step, loop.epoch, where)
 
+    def _restore(self, loop) -> str:
+        import jax
+        host, step, epoch, where = self.snapshot
+        loop.state = jax.tree_util.tree_map(lambda a, now: jax.device_put(a, now.sharding),
+                                            host, loop.state)
+        loop.step, loop.epoch = step, epoch
+        return where
 
-    @staticmethod
-    def _check(loop, prev):
+    def _check(self, loop, prev):
         if prev is None or math.isfinite(float(prev[0])):
             return
         lrs = ', '.join(f'{v:.3g}' for v in np.asarray(loop.schedule.lr[prev[1]], np.float64))
+        epoch, where = loop.epoch, self._restore(loop)
         raise TrainingDiverged(
             f'the training loss became {float(prev[0])} at iteration {prev[1]} (epoch '
-            f'{loop.epoch}, learning rates [{lrs}]); the model keeps its last finite '
-            'parameters. Run learn.lr_find() and pick a lower rate.')
-
-
-class CSVLogger(Callback):
-    """Write one CSV row per epoch (epoch, trn_loss, val_loss, metrics..., time) to `fname`.
-
-    Rows are flushed as each epoch ends, so a killed run keeps every finished epoch.
-    `append=True` continues an existing file (its header is kept).
-
-    >>> learn.fit(1e-2, 3, callbacks=[CSVLogger('history.csv')])  # doctest: +SKIP
-    """
-
-    def __init__(self, fname: str, append: bool = False):
-        self.fname, self.append = str(fname), append
-        self._fields: Optional[list[str]] = None
-
-    def on_train_begin(self, learner):
-        import os
-        exists = self.append and os.path.exists(self.fname) and os.path.getsize(self.fname) > 0
-        if exists:
-            with open(self.fname, newline='') as f:
-                self._fields = f.readline().strip().split(',')
-        else:
-            self._fields = None
-            open(self.fname, 'w').close()
-
-    def on_epoch_end(self, learner, epoch, logs):
-        import csv
-        if self._fields is None:
-            self._fields = list(logs)
-            with open(self.fname, 'a', newline='') as f:
-                csv.writer(f).writerow(self._fields)
-        with open(self.fname, 'a', newline='') as f:
-            csv.writer(f).writerow([_csv_value(logs.get(k, '')) for k in self._fields])
-
-
-def _csv_value(v):
-    return f'{v:.6g}' if isinstance(v, float) else v
-
-
-class TensorBoardLogger(Callback):
-    """TensorBoard event files in `logdir`: per-epoch logs and, per iteration, the loss and rate.
-
-    Uses tensorboardX when installed, else the pure-Python writer that ships with the
-    `tensorboard` package; with neither, the error says what to install. TensorFlow is
-    never needed.
-    """
-
-    def __init__(self, logdir: str, every: int = 1):
-        self.logdir, self.every = str(logdir), max(1, int(every))
-        self._writer = _summary_writer(self.logdir)
-        self._it = 0
-
-    def on_batch_end(self, learner, iteration, logs):
-        self._it += 1
-        if self._it % self.every == 0:
-            self._writer.add_scalar('train/loss_raw', float(logs['loss']), self._it)
-
-    def on_epoch_end(self, learner, epoch, logs):
-        for k, v in logs.items():
-            if k != 'epoch' and isinstance(v, (int, float)):
-                self._writer.add_scalar(f'epoch/{k}', float(v), epoch)
-        rec = learner.sched
-        if rec is not None and rec.lrs:
-            self._writer.add_scalar('train/lr', rec.lrs[-1], self._it)
-        self._writer.flush()
-
-    def on_train_end(self, learner):
-        self._writer.flush()
-
-    def close(self):
-        self._writer.close()
-
-
-def _summary_writer(logdir: str):
-    try:
-        from tensorboardX import SummaryWriter
-        return SummaryWriter(logdir)
-    except ImportError:
-        pass
-    try:
-        return _TensorBoardWriter(logdir)
-    except ImportError:
-        raise ImportError('TensorBoardLogger needs tensorboardX or tensorboard: '
-                          'pip install tensorboardX') from None
-
-
-class _TensorBoardWriter:
-    """Scalars through tensorboard's own EventFileWriter (no TensorFlow)."""
-
-    def __init__(self, logdir: str):
-        import time as _time
-        from tensorboard.compat.proto.event_pb2 import Event
-        from tensorboard.compat.proto.summary_pb2 import Summary
-        from tensorboard.summary.writer.event_file_writer import EventFileWriter
-        self._Event, self._Summary, self._time = Event, Summary, _time
-        self._w = EventFileWriter(logdir)
-
-    def add_scalar(self, tag: str, value: float, step: int):
-        s = self._Summary(value=[self._Summary.Value(tag=tag, simple_value=float(value))])
-        self._w.add_event(self._Event(summary=s, wall_time=self._time.time(), step=int(step)))
-
-    def flush(self):
-        self._w.flush()
-
-    def close(self):
-        self._w.close()
+            f'{epoch}, learning rates [{lrs}]); the model is back at its state of {where} '
+            '(weights, BatchNorm statistics and optimizer state), so it predicts as it did then '
+            'and a new fit goes on from there. Run learn.lr_find() and pick a lower rate.')

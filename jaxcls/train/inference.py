@@ -1,4 +1,6 @@
-"""A saved model, ready to classify images without the training data: `Predictor.load(folder)`.
+"""A saved model, ready to classify images without the training data: `Predictor.load(path)`
+of a model folder (`learn.save`, `jaxcls train`) or a one-file export (`learn.export`), also
+called `load_learner(path)` as in fastai 2.
 
     >>> p = Predictor.load('data/dogscats/models/224_all')          # doctest: +SKIP
     >>> probs, names, skipped = p.predict_files(['a.jpg', 'b.jpg']) # doctest: +SKIP
@@ -22,7 +24,9 @@ from jaxcls.models.head import ConvNet, Head
 from jaxcls.models.resnet import ResNet
 
 from . import checkpoint as ckpt
+from . import export
 from . import modelfile
+from .integrity import tree_shapes
 
 
 class Predictor:
@@ -44,8 +48,9 @@ class Predictor:
 
     @classmethod
     def load(cls, folder: str, kernels: str = 'auto') -> 'Predictor':
-        """Rebuild the network described by the checkpoint's metadata and restore its weights
-        (`kernels` as in `jaxcls.models.build`)."""
+        """Rebuild the network described by a saved model -- a folder, or a file from
+        `learn.export` -- and restore its weights, each checked against its digest (`kernels`
+        as in `jaxcls.models.build`)."""
         folder = os.fspath(folder)
         meta = modelfile.read(folder)
         modelfile.check_standard_head(meta, folder, 'rebuild the learner with it and use '
@@ -60,7 +65,10 @@ class Predictor:
                                                   'dropout': jax.random.PRNGKey(0)},
                                                  jnp.zeros((1, 64, 64, 3))))
         target = {'params': shapes['params'], 'batch_stats': shapes['batch_stats']}
-        restored = ckpt.load_checkpoint(folder)
+        restored = export.read_export(folder)[1] if os.path.isfile(folder) else \
+            ckpt.load_checkpoint(folder)
+        ckpt.verify_shapes(target, {'arrays': {'state': tree_shapes(
+            {k: restored[k] for k in target})}}, folder)
         variables = {k: jax.tree_util.tree_map(lambda t, a: jnp.asarray(a, t.dtype), target[k],
                                                restored[k]) for k in target}
         return cls(net, variables, meta)
@@ -98,3 +106,9 @@ class Predictor:
                 chunk = np.concatenate([chunk, np.repeat(chunk[:1], pad, 0)])
             out.append(self.predict_images(chunk)[:bs - pad])
         return np.concatenate(out), kept, skipped
+
+
+def load_learner(fname: str, kernels: str = 'auto') -> Predictor:
+    """fastai 2's name for `Predictor.load`: a model saved by `learn.export(fname)` (or a model
+    folder), ready for `predict_files` / `predict_images`, without its training data."""
+    return Predictor.load(fname, kernels)

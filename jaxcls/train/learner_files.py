@@ -32,6 +32,17 @@ class LearnerFiles:
         """Load a model saved with `save(name)`; its arch and classes must match this learner's."""
         modelfile.load(self, name)
 
+    def export(self, fname: str = 'export.jaxcls') -> str:
+        """Write the model to one file (weights, BatchNorm statistics, arch, classes, the
+        validation transform and normalisation; no optimizer state, no pickle), for
+        `load_learner(file)`, `Predictor.load(file)` or `jaxcls predict file img.jpg`. A
+        relative `fname` is under data.path, as fastai 2's. Returns the file's path."""
+        from .export import write_export
+        state = self.state
+        return write_export(os.path.join(self.data.path, fname),
+                            {'params': state.params, 'batch_stats': state.batch_stats},
+                            self.describe())
+
     def restore_checkpoint(self, source: Any, step: Optional[int] = None) -> dict:
         """Load a ModelCheckpoint/SaveBest checkpoint (a callback or its folder; default the
         newest step, or SaveBest's best) into this learner outside a fit; returns its record

@@ -23,7 +23,8 @@ step), `loop.metrics` (that step's, as device arrays: reading one waits for the 
 `loop.iteration` (steps of this fit done), `loop.step` (the global optimizer step, a host
 int), `loop.epoch` (the data epoch: it fixes the batch order), `loop.fit_epoch` (epochs of
 this fit done), `loop.batch` (batches of the current epoch done, of `loop.batches`),
-`loop.logs` (the epoch's logs, filled in by callbacks), `loop.hist` (this fit's epoch logs), `loop.learner` (the
+`loop.logs` (the epoch's logs, filled in by callbacks), `loop.hist` (this fit's epoch logs),
+`loop.resumed` (the fit continues from a checkpoint, inside it), `loop.learner` (the
 ConvLearner running it, or None). A callback sets `loop.stop = True` to end the fit after
 the current epoch, `loop.stop_epoch = True` to end the epoch (and the fit) after the
 current batch.
@@ -73,7 +74,7 @@ class Loop:
         self.step = int(state.step) if step_count is None else int(step_count)
         self.epoch, self.fit_epoch, self.batch, self.iteration = int(epoch), 0, 0, 0
         self.epochs, self.metrics, self.logs, self.hist = 0, None, {}, []
-        self.stop = self.stop_epoch = self.done = False
+        self.stop = self.stop_epoch = self.done = self.resumed = False
 
     def __call__(self, event: str) -> None:
         for cb in self.callbacks:
@@ -94,6 +95,7 @@ class Loop:
         `iteration`); returns the last state."""
         self.epochs, self.fit_epoch, self.batch, self.iteration = int(epochs), fit_epoch, batch, iteration
         self.hist = list(hist)
+        self.resumed = bool(fit_epoch or batch or iteration or self.hist)
         try:
             self('before_fit')
             while self.fit_epoch < self.epochs and not self.stop and not self.finished:

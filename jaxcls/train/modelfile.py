@@ -22,16 +22,18 @@ import jax.numpy as jnp
 from jaxcls.data import transforms as T
 
 from . import checkpoint as ckpt
+from . import export as ex
+from .integrity import DamagedModelError, ModelFileError  # noqa: F401 (re-exported)
+from .integrity import tree_shapes
 
 # Everything a model must describe to be rebuilt without its training data.
 REQUIRED = ('arch', 'arch_spec', 'classes', 'c', 'is_multi', 'head', 'stages', 'sz',
             'cache_size', 'val_tfms')
+# The layout of a saved model this version writes: 2 added the digest item (jaxcls.train.
+# integrity); 1 (no 'format' key) is read too, unverified. A larger number is a newer jaxcls's.
+MODEL_FORMAT = 2
 # What makes two networks hold the same arrays.
 NETWORK_KEYS = ('arch', 'c', 'stages', 'head')
-
-
-class ModelFileError(ValueError):
-    """A folder that is not a jaxcls model, or lacks what the reader needs."""
 
 
 def tfm_to_json(cfg: T.TfmConfig) -> dict:
@@ -58,24 +60,28 @@ def describe(*, arch_name: str, spec: Any, classes, is_multi: bool, head: dict, 
             'is_multi': bool(is_multi), 'head': dict(head), 'stages': list(stages),
             'trainable': list(trainable), 'sz': int(sz), 'cache_size': int(cache_size),
             'pretrained': bool(pretrained), 'val_tfms': tfm_to_json(val_tfms),
-            'arch_spec': spec.to_json(), 'jaxcls': __version__}
+            'arch_spec': spec.to_json(), 'jaxcls': __version__, 'format': MODEL_FORMAT}
 
 
 def read(folder: str) -> dict:
-    """The description saved in `folder`, checked to have every REQUIRED part.
+    """The description saved in `folder` (a model folder, or a file `learn.export` wrote),
+    checked against its digest and for every REQUIRED part.
 
     Raises FileNotFoundError (naming the saved models beside it) for a missing folder,
-    ModelFileError for a folder that is not a jaxcls model or lacks parts.
+    ModelFileError for a folder or file that is not a jaxcls model, is damaged, lacks parts
+    or was written by a newer jaxcls.
     """
-    try:
-        meta = ckpt.load_meta(folder)
-    except FileNotFoundError:
-        raise
-    except (KeyError, ValueError, OSError) as e:  # what Orbax raises for a foreign folder
-        raise ModelFileError(f'{folder!r} is not a jaxcls model folder ({type(e).__name__}); '
-                             'pass a folder saved by jaxcls train or learn.save(name), e.g. '
-                             'PATH/models/resnet34_224') from e
-    missing = [k for k in REQUIRED if not isinstance(meta, dict) or k not in meta]
+    meta = ex.read_export_meta(folder) if os.path.isfile(folder) else ckpt.load_meta(folder)
+    if not isinstance(meta, dict):
+        raise ModelFileError(f'{folder!r} is not a jaxcls model folder: its description is a '
+                             f'{type(meta).__name__}, not the dict jaxcls writes')
+    fmt = meta.get('format', 1)
+    if not isinstance(fmt, int) or fmt > MODEL_FORMAT:
+        from jaxcls import __version__
+        raise ModelFileError(f"{folder!r} was saved by jaxcls {meta.get('jaxcls', '?')} in model "
+                             f'format {fmt}; this jaxcls {__version__} reads formats up to '
+                             f'{MODEL_FORMAT}: upgrade jaxcls to load it')
+    missing = [k for k in REQUIRED if k not in meta]
     if missing:
         raise ModelFileError(f'{folder!r} is not a jaxcls model folder this version can read: it '
                              f'was saved without {missing} (an older one? save it again with this '
@@ -111,11 +117,22 @@ def save(learn, name: str) -> str:
 
 def load(learn, name: str) -> None:
     """`learn.load(name)`: the arrays saved by `save(name)`, into a learner built the same way
-    (arch, classes, head); the optimizer state too when the same layer groups are trainable."""
+    (arch, classes, head); the optimizer state too when the same layer groups are trainable.
+    `name` may also be a file `learn.export` wrote (weights and statistics only)."""
     folder = os.path.join(learn._models_dir(), name)
     meta = read(folder)
     check_same_network(meta, learn.describe(), folder)
     state = learn.state
+    if os.path.isfile(folder):
+        _, tree = ex.read_export(folder)
+        ckpt.verify_shapes({'params': state.params, 'batch_stats': state.batch_stats},
+                           {'arrays': {'state': tree_shapes(tree)}}, folder)
+        cast = {k: jax.tree_util.tree_map(lambda t, a: jnp.asarray(a, t.dtype), getattr(state, k),
+                                          tree[k]) for k in ('params', 'batch_stats')}
+        learn.state = learn._place(state.replace(**cast))
+        if learn.precompute:
+            learn._features.ensure()
+        return
     target = {'params': state.params, 'batch_stats': state.batch_stats, 'step': state.step}
     if tuple(meta.get('trainable', ())) == learn.trainable:
         target['opt_state'] = state.opt_state

@@ -21,6 +21,7 @@ import numpy as np
 
 from jaxcls.data.loader import DataLoader
 
+from . import integrity
 from . import memory as mem
 
 # Bump when the feature layout or the key's meaning changes.
@@ -34,14 +35,9 @@ AUG_VIEW_SALT = 1000
 
 
 def tree_digest(tree: Any) -> str:
-    """SHA-256 (hex, first 16) of a pytree's paths, shapes, dtypes and bytes: a weights identity."""
-    h = hashlib.sha256()
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        a = np.asarray(leaf)
-        h.update(jax.tree_util.keystr(path).encode())
-        h.update(f'{a.shape}{a.dtype}'.encode())
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()[:16]
+    """A weights identity: the hash (hex, first 16) of a pytree's paths, shapes, dtypes and
+    bytes, from the digests a save writes (jaxcls.train.integrity)."""
+    return integrity.json_digest(integrity.tree_digest(tree))[:16]
 
 
 def features_key(**parts: Any) -> str:

@@ -7,7 +7,7 @@ continue to the very parameters an uninterrupted one ends with.
     >>> learn.fit(1e-2, 3, cycle_len=1, checkpoint=ck, resume=True)             # doctest: +SKIP
 
 Each checkpoint is one step folder `{directory}/{step}` (the global optimizer step) with
-three Orbax items:
+four Orbax items:
 
 * 'state': the TrainState arrays -- params, batch_stats, opt_state (momentum buffers and
   injected rates), step, rng;
@@ -17,14 +17,20 @@ three Orbax items:
   of the learner's sequence, batches per epoch, bs, trainable groups, precompute), the
   fit's iteration (index into its rate table), the data epoch and the batch within it, the
   raw losses of the unfinished epoch and the loss-EMA state, the epoch logs, the
-  learner's history and `learn.sched`'s record, and the run's id.
+  learner's history and `learn.sched`'s record, and the run's id;
+* 'digest': the XXH3 hash of every array and of both JSON items (jaxcls.train.integrity), checked
+  when a checkpoint is read: a damaged one is skipped for the newest intact one, with a
+  warning naming it.
 
 Writes are asynchronous (the arrays are copied to host memory before `save` returns; the
 files are written by a background thread while training goes on) and atomic: Orbax
 writes into `{step}.orbax-checkpoint-tmp*` and renames it when complete, so a process
 killed mid-write leaves the previous checkpoints intact; the unfinished folder is
 deleted the next time a manager opens the directory. A new save first waits for the one
-in flight, and a fit waits for the last one before it returns (or raises).
+in flight, and a fit waits for the last one before it returns (or raises). A fit holds a
+lock on the folder (jaxcls.train.safe_write.FolderLock), so a second process checkpointing
+into it gets a clear error naming the first; each save first checks the disk has room for
+it, and a write the disk could not hold leaves nothing behind.
 """
 from __future__ import annotations
 
@@ -37,7 +43,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from . import safe_write as sw
 from .callbacks import Callback
+from .checkpoint import reading, saved_size
+from .integrity import NotEnoughSpaceError, digest_item, verify_json, verify_tree
 
 __all__ = ['ModelCheckpoint', 'SaveBest', 'ResumeMismatch', 'STATE_KEYS']
 
@@ -54,7 +63,7 @@ class ResumeMismatch(ValueError):
 
 def _handlers() -> dict:
     return {'state': ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler(),
-            'progress': ocp.JsonCheckpointHandler()}
+            'progress': ocp.JsonCheckpointHandler(), 'digest': ocp.JsonCheckpointHandler()}
 
 
 def state_arrays(state: Any) -> dict:
@@ -117,6 +126,7 @@ class ModelCheckpoint(Callback):
         self.saved: list[int] = []       # steps this object wrote (this process)
         self._done: dict[int, bool] = {}
         self._mngr: Optional[ocp.CheckpointManager] = None
+        self._lock: Optional[sw.FolderLock] = None
 
     # -------------------------------------------------------------- the manager
 
@@ -149,33 +159,77 @@ class ModelCheckpoint(Callback):
         return sorted(self.manager.all_steps())
 
     def wait(self) -> None:
-        """Block until the write in flight (if any) is on disk."""
-        if self._mngr is not None:
+        """Block until the write in flight (if any) is on disk. A write that failed leaves
+        nothing behind: its temporary folder is removed and its error raised (a full disk as
+        NotEnoughSpaceError)."""
+        if self._mngr is None:
+            return
+        try:
             self._mngr.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 -- Orbax's async writer raises plain Exception
+            self._mngr = None            # its state is unknown after a failed write: reopen
+            from jaxcls.interrupts import remove_partial
+            remove_partial(self.directory)
+            if sw.is_out_of_space(e):
+                raise NotEnoughSpaceError(
+                    f'the disk filled up while writing a checkpoint to {self.directory}; the '
+                    'unfinished one was removed and the earlier ones are intact. Free some space, '
+                    'then continue with resume=True') from e
+            raise
 
     def close(self) -> None:
-        """Wait for the last write and release the manager (a later use opens a new one)."""
-        if self._mngr is not None:
-            self._mngr.wait_until_finished()
-            self._mngr.close()
-            self._mngr = None
+        """Wait for the last write, release the manager (a later use opens a new one) and the
+        folder's lock."""
+        try:
+            if self._mngr is not None:
+                self.wait()
+                self._mngr.close()
+                self._mngr = None
+        finally:
+            self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _digest(self, step: int) -> Optional[dict]:
+        """The digest item of a step, or None for a checkpoint written before digests."""
+        if not os.path.isdir(os.path.join(self.directory, str(step), 'digest')):
+            return None
+        with reading(self._where(step), 'digest', _FIX):
+            return self.manager.restore(step, args=ocp.args.Composite(
+                digest=ocp.args.JsonRestore()))['digest']
+
+    def _where(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
 
     # -------------------------------------------------------------- reading
 
     def read_record(self, step: int) -> dict:
-        """The 'progress' JSON of one checkpoint."""
-        return self.manager.restore(step, args=ocp.args.Composite(
-            progress=ocp.args.JsonRestore()))['progress']
+        """The 'progress' JSON of one checkpoint, checked against its digest."""
+        with reading(self._where(step), 'progress record', _FIX):
+            rec = self.manager.restore(step, args=ocp.args.Composite(
+                progress=ocp.args.JsonRestore()))['progress']
+        verify_json(rec, self._digest(step), self._where(step), 'progress', _FIX)
+        return rec
 
     def read_meta(self, step: int) -> dict:
-        """The model description ('meta') of one checkpoint."""
-        return self.manager.restore(step, args=ocp.args.Composite(
-            meta=ocp.args.JsonRestore()))['meta']
+        """The model description ('meta') of one checkpoint, checked against its digest."""
+        with reading(self._where(step), 'description (meta)', _FIX):
+            meta = self.manager.restore(step, args=ocp.args.Composite(
+                meta=ocp.args.JsonRestore()))['meta']
+        verify_json(meta, self._digest(step), self._where(step), 'meta', _FIX)
+        return meta
 
     def read_state(self, step: int, target: Any) -> dict:
-        """The state arrays of one checkpoint, restored onto `target`'s shapes and shardings."""
-        return self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_target(target))))['state']
+        """The state arrays of one checkpoint, restored onto `target`'s shapes and shardings
+        and checked against its digest."""
+        with reading(self._where(step), 'arrays (state)', _FIX):
+            state = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_target(target))))['state']
+        verify_tree(state, self._digest(step), self._where(step), 'state', _FIX)
+        return state
 
     def state_metadata(self, step: int) -> Any:
         """The saved state's tree of array metadata (shapes, dtypes)."""
@@ -188,8 +242,8 @@ class ModelCheckpoint(Callback):
             try:
                 return step, self.read_record(step)
             except Exception as e:  # a damaged folder: fall back to the one before
-                warnings.warn(f'checkpoint {self.directory}/{step} cannot be read ({e}); '
-                              'trying an earlier one')
+                warnings.warn(f'checkpoint {self._where(step)} cannot be read ({e}); trying '
+                              'an earlier one')
         return None
 
     def restore(self, learner, step: Optional[int] = None) -> dict:
@@ -215,17 +269,19 @@ class ModelCheckpoint(Callback):
                              'the running loop); '
                              'use learn.save(name) to save a model outside one')
         step = int(p.step)
+        self.wait()
         mngr = self.manager
-        mngr.wait_until_finished()
         if step in mngr.all_steps():
             if self._done.get(step, True) or not p.done:
                 return False
             mngr.delete(step)  # the fit was stopped early here: re-save it marked complete
-        rec = record(learner)
+        rec, arrays, meta = record(learner), state_arrays(learner.state), learner.describe()
+        sw.check_space(self.directory, saved_size(arrays), 'a checkpoint')
+        digest = digest_item({'state': arrays}, {'meta': meta, 'progress': rec})
         mngr.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state_arrays(learner.state)),
-            meta=ocp.args.JsonSave(learner.describe()),
-            progress=ocp.args.JsonSave(rec)), metrics=metrics, force=True)
+            state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta),
+            progress=ocp.args.JsonSave(rec), digest=ocp.args.JsonSave(digest)),
+            metrics=metrics, force=True)
         self.saved.append(step)
         self._done[step] = bool(rec['done'])
         return True
@@ -234,9 +290,12 @@ class ModelCheckpoint(Callback):
 
     def on_train_begin(self, learner):
         self.bind(learner)
+        if self._lock is None:  # one writer of the folder at a time, until the fit ends
+            self._lock = sw.FolderLock(self.directory, 'checkpoint folder').acquire()
         found = self.latest()
         if found is not None and found[1].get('run') != learner.run_id:
             step, rec = found
+            self._unlock()
             raise ValueError(
                 f'{self.directory} holds checkpoints of another training run (newest: step {step}, '
                 f"fit #{rec['fit'].get('fit_index')} with {_fmt_fit(rec['fit'])}). Pass "
@@ -254,11 +313,19 @@ class ModelCheckpoint(Callback):
             self.save(learner)
 
     def on_train_end(self, learner):
-        self.save(learner)
-        self.wait()
+        try:
+            self.save(learner)
+            self.wait()
+        finally:
+            self._unlock()
 
     def on_train_abort(self, learner, error):
-        self.wait()
+        try:
+            self.wait()
+        except Exception as e:  # noqa: BLE001 -- the fit's own error is the one to raise
+            warnings.warn(f'the last checkpoint write to {self.directory} failed too: {e}')
+        finally:
+            self._unlock()
 
     def __repr__(self) -> str:
         return (f'{type(self).__name__}({self.directory!r}, every_steps={self.every_steps}, '
@@ -313,7 +380,10 @@ class SaveBest(ModelCheckpoint):
             self.save(learner, metrics={self.monitor: value})
 
     def on_train_end(self, learner):
-        self.wait()
+        try:
+            self.wait()
+        finally:
+            self._unlock()
 
     def best_step(self) -> Optional[int]:
         """The step of the best kept checkpoint (None when there is none)."""
@@ -339,6 +409,11 @@ class SaveBest(ModelCheckpoint):
             if step is None:
                 raise FileNotFoundError(f'no checkpoint in {self.directory}')
         return learner.restore_checkpoint(self, int(step))
+
+
+# What a damaged checkpoint's error tells the user to do.
+_FIX = ('Its bytes changed after it was written (disk or copy error); a resumed fit uses the '
+        'newest intact checkpoint instead, or delete this step folder')
 
 
 def _jsonable(x: Any) -> Any:

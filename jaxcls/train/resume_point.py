@@ -15,6 +15,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from .integrity import ModelFileError
 from .modelfile import check_same_network
 from .resume import RECORD_VERSION, ModelCheckpoint, ResumeMismatch, SaveBest, _fmt_fit, \
     describe_mismatch, state_arrays
@@ -101,8 +102,8 @@ def find_resume_point(ck: ModelCheckpoint, fit_index: int, desc: dict, target: A
                                  f'(record version {record.get("version")}); use another folder')
         saved_index = int(record['fit']['fit_index'])
         if saved_index != fit_index and state_errors:
-            raise RuntimeError(f'the checkpoints of fit #{fit_index} in {ck.directory} cannot be '
-                               'restored: ' + '; '.join(state_errors))
+            raise ModelFileError(f'the checkpoints of fit #{fit_index} in {ck.directory} cannot be '
+                                 'restored: ' + '; '.join(state_errors))
         if saved_index > fit_index:
             return 'skip', step, record, None
         if saved_index < fit_index:
@@ -122,5 +123,6 @@ def find_resume_point(ck: ModelCheckpoint, fit_index: int, desc: dict, target: A
             warnings.warn(f'checkpoint {ck.directory}/{step} cannot be restored ({e}); '
                           'trying an earlier one')
     if state_errors or (steps and len(errors) == len(steps)):
-        raise RuntimeError(f'no checkpoint in {ck.directory} can be read: ' + '; '.join(errors))
+        raise ModelFileError(f'no checkpoint in {ck.directory} can be read: ' + '; '.join(errors)
+                             + '. Delete the folder to start over, or restore a copy of it')
     return 'fresh', None, None, None

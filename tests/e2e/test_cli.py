@@ -19,7 +19,7 @@ from PIL import Image
 
 from jaxcls.cli import main
 
-from helpers import make_folder
+from helpers import HtmlPage, make_folder
 
 TRAIN_FLAGS = ['--arch', 'resnet18', '--sz', '32', '--bs', '8', '--no-pretrained']
 
@@ -216,3 +216,35 @@ def test_train_refuses_a_one_class_folder(tmp_path):
     assert err.startswith("jaxcls: error: train/ has one class, 'cats'; a classifier needs two")
     assert err.count('\n') == 1 and 'Traceback' not in err
     assert sorted(os.listdir(tmp_path)) == ['train', 'valid']     # nothing decoded or saved
+
+
+def test_interpret_html_report_of_a_trained_run(trained, path, tmp_path):
+    """--html finds the run's summary.json (in --out) and lr-find's plot beside it, and
+    inlines everything: parsed with the standard library's html.parser."""
+    import base64
+    out = shutil.copytree(trained['out'], tmp_path / 'out')
+    rc, _, err = run(['lr-find', path, *TRAIN_FLAGS, '--precompute', '--num-it', '30', '--out', out])
+    assert rc == 0, err
+    model, report = trained['summary']['outputs']['model'], tmp_path / 'report.html'
+    rc, stdout, err = run(['interpret', model, path, '--out', out, '--html', report])
+    assert rc == 0, err
+    page = HtmlPage(report.read_text())
+    assert page.sections == ['epochs', 'lr-find', 'accuracy', 'confusion-matrix', 'top-losses',
+                             'most-confused']
+    tables = dict(page.tables)
+    epochs = tables['epochs']
+    assert epochs[0][:3] == ['epoch', 'trn_loss', 'val_loss'] and len(epochs) == 3
+    for row, h in zip(epochs[1:], trained['summary']['history']):
+        assert int(row[0]) == h['epoch'] and float(row[2]) == pytest.approx(h['val_loss'], abs=1e-4)
+    cm = np.array(trained['summary']['confusion_matrix'])
+    assert [[int(v) for v in r[1:]] for r in tables['confusion-matrix'][1:]] == cm.tolist()
+    pairs = [(a, p, str(cm[i, j])) for i, a in enumerate(['cats', 'dogs'])
+             for j, p in enumerate(['cats', 'dogs']) if i != j and cm[i, j]]
+    got = [tuple(r) for r in tables.get('most-confused', [])[1:]]
+    assert sorted(got) == sorted(pairs)
+    # lr_find, the matrix, and each of the 9 top losses as seen and with its Grad-CAM
+    assert len(page.imgs) == 1 + 1 + 2 * 9 and not page.external
+    for src in page.imgs:
+        head, data = src.split(',', 1)
+        assert head == 'data:image/png;base64' and base64.b64decode(data)[:4] == b'\x89PNG'
+    assert stdout.splitlines()[-1] == f'report: {report}'

@@ -264,7 +264,7 @@ def write_jpegs(folder, names, w, h, seed):
         small.resize((w, h), Image.Resampling.BILINEAR).save(os.path.join(folder, name), quality=90)
 
 
-def read_csv(path):
+def csv_rows(path):
     import csv
     with open(path, newline='') as f:
         return list(csv.reader(f))
@@ -313,7 +313,7 @@ def test_lesson2_planet_notebook_with_the_package_renamed(tmp_path):
     assert isinstance(ns['score'], float) and ns['score'] == ns['f2'](preds, y)
     assert 0.17 <= ns['th'] < 0.24
     # the submission: one row per test image, its tags those over the threshold
-    rows = read_csv(f'{PATH}submission.csv')
+    rows = csv_rows(f'{PATH}submission.csv')
     assert rows[0] == ['image_name', 'tags'] and [r[0] for r in rows[1:]] == ['test_0', 'test_1', 'test_2']
     test_preds = ns['test_preds']
     assert test_preds.shape == (3, 5)
@@ -342,7 +342,7 @@ def test_lesson2_dog_breeds_notebook_with_the_package_renamed(tmp_path):
     test_log_preds = ns['test_log_preds']
     assert test_log_preds.shape == (3, 3)
     np.testing.assert_allclose(np.exp(test_log_preds).sum(1), 1, rtol=1e-5)
-    rows = read_csv(f'{PATH}submission.csv')
+    rows = csv_rows(f'{PATH}submission.csv')
     assert rows[0] == ['id'] + breeds and [r[0] for r in rows[1:]] == ['t0', 't1', 't2']
     probs = np.array([[float(v) for v in r[1:]] for r in rows[1:]])
     np.testing.assert_allclose(probs, ns['probs'], atol=1e-6)

@@ -6,7 +6,8 @@ import struct
 import numpy as np
 import pytest
 
-from jaxcls.train.callbacks import CSVLogger, Recorder, TensorBoardLogger, smooth
+from jaxcls.train.callbacks import Recorder, smooth
+from jaxcls.train.loggers import CSVLogger, TensorBoardLogger
 
 
 class FakeLearner:

@@ -18,10 +18,9 @@ import jax
 import numpy as np
 import pytest
 
-from jaxcls import ImageClassifierData, tfms_from_model
 from jaxcls.train.resume import ModelCheckpoint, ResumeMismatch, SaveBest
 
-from helpers import TINY, colour_square_arrays, learner, trees_equal
+from helpers import learner, read_csv, read_events, square_data, trees_equal
 
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/: helpers.py
 
@@ -35,6 +34,7 @@ SCRIPT = textwrap.dedent('''
     from helpers import TINY, colour_square_arrays
     from jaxcls import ConvLearner, ImageClassifierData, tfms_from_model, transforms_side_on
     from jaxcls.train.callbacks import Callback
+    from jaxcls.train.loggers import CSVLogger, TensorBoardLogger
     from jaxcls.train.resume import ModelCheckpoint
     args = json.loads(sys.argv[1])
     x, y = colour_square_arrays(60)
@@ -74,7 +74,8 @@ SCRIPT = textwrap.dedent('''
                                              'names': sorted(names)}}), flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    cbs = [ck, Probe()]   # ck first: its save has started when Probe runs
+    logs = [CSVLogger(args['ckpt'] + '.csv', append=True), TensorBoardLogger(args['ckpt'] + '-tb')]
+    cbs = [ck, Probe()] + logs   # ck first: its save has started when Probe runs
     learn.fit(1e-2, 1, checkpoint=ck, callbacks=cbs, resume=args['resume'])
     learn.unfreeze()
     learn.fit(1e-3, 2, cycle_len=1, checkpoint=ck, callbacks=cbs, resume=args['resume'])
@@ -161,6 +162,11 @@ def test_killed_runs_resume_to_the_uninterrupted_params_bitwise(tmp_path):
     # ... and so is the host-side record: the epoch table and every smoothed loss.
     assert m['DONE']['history'] == mref['DONE']['history']
     assert m['DONE']['sched'] == mref['DONE']['sched'] and len(mref['DONE']['sched']) == 8
+    # ... and the CSV and TensorBoard logs: no epoch or step twice, none missing.
+    assert read_csv(f'{ck}.csv') == read_csv(tmp_path / 'ref_ckpt.csv') and len(
+        read_csv(f'{ck}.csv')) == 4
+    ref_events = read_events(str(tmp_path / 'ref_ckpt-tb'))
+    assert read_events(f'{ck}-tb') == ref_events and len(ref_events) > 12
 
     # 4. The step-8 checkpoint (written on 1 device) restored onto 2 devices.
     rc, m2, err = run(tmp_path, half_copy, tmp_path / 'two.npz', ndev=2, resume=True,
@@ -184,10 +190,7 @@ def test_killed_runs_resume_to_the_uninterrupted_params_bitwise(tmp_path):
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
-    x, y = colour_square_arrays(50, seed=1)
-    return ImageClassifierData.from_arrays(str(tmp_path_factory.mktemp('resume_data')),
-                                           (x[:30], y[:30]), (x[30:], y[30:]), bs=10,
-                                           tfms=tfms_from_model(TINY, 32), cache_size=36)
+    return square_data(tmp_path_factory.mktemp('resume_data'), 50, 30, seed=1)
 
 
 def test_resume_with_other_arguments_is_refused_and_a_done_fit_is_not_rerun(data, tmp_path):
