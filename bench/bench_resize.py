@@ -9,7 +9,7 @@ folder per variant, best of interleaved repeats:
   * 1 thread;
   * all cores as threads (Pillow releases the GIL while decoding, resampling and encoding);
   * all cores as worker processes (a GIL each; what `data.resize` picks from
-    PROCESS_MIN_FILES files);
+    PROCESS_MIN_FILES files and PROCESS_MIN_WORKERS cores);
 and the target: parallel >= 0.8 x cores x the single-thread rate. CPU ms per image (this
 process's and its finished worker processes') is the work each image costs whatever else
 runs: equal across the variants, the parallel ones would reach cores x one thread on idle
@@ -27,7 +27,7 @@ import time
 
 from bench_decode import make_jpegs
 
-from jaxcls.data.resize import PROCESS_MIN_FILES, resize_files
+from jaxcls.data.resize import PROCESS_MIN_FILES, PROCESS_MIN_WORKERS, resize_files
 
 
 def timed(fn, n):
@@ -97,9 +97,10 @@ def main() -> None:
             print(f'target 0.8 x {cores} x {one:.0f} = {target:.0f} img/s: {k}: '
                   f'{rate / (cores * one):.2f} x cores x 1 thread -> '
                   f'{"met" if rate >= target else "NOT met"}')
-        default = 'processes' if args.n >= PROCESS_MIN_FILES and args.workers >= 2 else 'threads'
-        print(f'data.resize uses {default} for {args.n} files (PROCESS_MIN_FILES = '
-              f'{PROCESS_MIN_FILES})')
+        procs = args.n >= PROCESS_MIN_FILES and args.workers >= PROCESS_MIN_WORKERS
+        print(f'data.resize uses {"processes" if procs else "threads"} for {args.n} files and '
+              f'{args.workers} workers (PROCESS_MIN_FILES = {PROCESS_MIN_FILES}, '
+              f'PROCESS_MIN_WORKERS = {PROCESS_MIN_WORKERS})')
         print(f'resumed call over {args.n} finished copies: {resumed * 1e3:.0f} ms (stat only, '
               f'nothing rewritten)')
     finally:

@@ -15,9 +15,9 @@ large dataset for small training sizes then reads small files.
   interrupted resize continues where it stopped and a second call only checks (``resume=False``
   redoes every file). Each copy is written under a temporary name and renamed into place, so
   a copy is never a partial image.
-- **In parallel**: worker processes (one GIL each, :mod:`jaxcls.data.decode_procs`) from
-  PROCESS_MIN_FILES files to write on, else threads (Pillow releases the GIL while it decodes,
-  resamples and encodes, but not while it opens a file). ``python bench/bench_resize.py``
+- **In parallel**: threads (Pillow releases the GIL while it decodes, resamples and encodes,
+  not while it opens a file), or on 4 cores and more for 2,000 files and more worker
+  processes (one GIL each, :mod:`jaxcls.data.decode_procs`). ``python bench/bench_resize.py``
   measures both against one thread.
 - **Bad files** are skipped and reported as ``from_paths`` reports them: listed in the
   returned data's ``skipped`` with the reason, one SkippedImagesWarning (``on_bad='raise'``:
@@ -35,12 +35,15 @@ from jaxcls.data import decode_one, decode_procs
 from jaxcls.data.decode import PROGRESS_MIN, pillow_quiet, progress_bar, report_skipped
 from jaxcls.data.items import Layout, SplitItems
 
-__all__ = ['PROCESS_MIN_FILES', 'Resized', 'resize_files', 'resized_layout']
+__all__ = ['PROCESS_MIN_FILES', 'PROCESS_MIN_WORKERS', 'Resized', 'resize_files',
+           'resized_layout']
 
-#: Worker processes from this many files to write (and two workers) up, as decoding does:
-#: their start (0.15 s idle, 0.3-0.4 s on a busy 2-core machine) is won back over a few
-#: thousand files, where threads lose to the GIL (python bench/bench_resize.py).
+#: Worker processes from this many files and this many workers up, else threads. On 2 cores
+#: two threads wrote 735 copies/s and two processes 629 (2,000 files; a process's start costs
+#: 0.2-0.3 s of CPU): the GIL is held for a small part of a resize. Threads stop scaling past
+#: a few cores (decoding on 16 cores: 4 threads 3.2x one, 8 threads 4.3x; bench/README.md).
 PROCESS_MIN_FILES = 2000
+PROCESS_MIN_WORKERS = 4
 
 
 @dataclass
@@ -79,7 +82,8 @@ def resize_files(fnames: Sequence[str], root: str, dest: str, targ_sz: int, *,
     Args:
       resume: leave the copies that exist and are newer than their file (default).
       num_workers: threads or processes (default ``os.cpu_count()``).
-      processes: worker processes rather than threads; None: from PROCESS_MIN_FILES files.
+      processes: worker processes rather than threads; None: from PROCESS_MIN_FILES files
+        and PROCESS_MIN_WORKERS workers.
       on_bad: 'skip' (default: leave undecodable files out, warn once) or 'raise'.
       name: what the progress bar and the report call the files.
 
@@ -105,7 +109,7 @@ def resize_files(fnames: Sequence[str], root: str, dest: str, targ_sz: int, *,
     todo = [it for it in items if not resume or _stale(*it[1])]
     workers = max(1, int(num_workers or os.cpu_count() or 1))
     if processes is None:
-        processes = len(todo) >= PROCESS_MIN_FILES and workers >= 2
+        processes = len(todo) >= PROCESS_MIN_FILES and workers >= PROCESS_MIN_WORKERS
     reasons: dict[int, str | None] = {}
 
     def job(i: int, paths: list[str]) -> str | None:
