@@ -8,7 +8,7 @@ The names below are imported on first use (PEP 562), so `import jaxcls.cli` or
 A notebook written for fastai 0.7 imports jaxcls's modules of the same names instead:
 ``from jaxcls.conv_learner import *`` for ``from fastai.conv_learner import *``, and so on
 (imports, torch_imports, core, transforms, dataset, dataloader, model, sgdr, metrics,
-learner, plots).
+learner, plots, planet).
 """
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ _HOME = {
     'OutOfDeviceMemory': 'jaxcls.train.memory',
     **dict.fromkeys(['Predictor', 'load_learner'], 'jaxcls.train.inference'),
     'ModelFileError': 'jaxcls.train.integrity',
-    **dict.fromkeys(['accuracy', 'accuracy_np', 'accuracy_thresh', 'fbeta'], 'jaxcls.train.metrics'),
+    **dict.fromkeys(['accuracy', 'accuracy_np', 'accuracy_thresh', 'f2', 'fbeta', 'opt_th'],
+                   'jaxcls.train.metrics'),
     **dict.fromkeys(['plot_confusion_matrix', 'plots_from_files'], 'jaxcls.plots'),
     'get_cv_idxs': 'jaxcls.data.items',
     **dict.fromkeys(['ModelCheckpoint', 'ResumeMismatch', 'SaveBest'], 'jaxcls.train.resume'),

@@ -10,7 +10,8 @@ A thin re-export for porting notebooks: no logic of its own, and nothing in jaxc
 from jaxcls.data.dataset import ImageDataset
 from jaxcls.data.decode_one import BadImageError
 from jaxcls.data.imagedata import ImageClassifierData
-from jaxcls.data.items import LayoutError, csv_items, folder_items, get_cv_idxs, list_images
+from jaxcls.data.csv_labels import csv_items
+from jaxcls.data.items import LayoutError, folder_items, get_cv_idxs, list_images
 
 __all__ = [
     'ImageDataset', 'BadImageError', 'ImageClassifierData', 'LayoutError', 'csv_items',

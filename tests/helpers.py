@@ -1,8 +1,10 @@
 """What several test files share: the tiny arch, generated image folders and arrays, the
 learner they build, tree comparisons, fastai 0.7's CosAnneal as a reference, a safetensors
-writer, a parser of the HTML pages jaxcls writes, readers of the CSV and TensorBoard logs.
+writer, a parser of the HTML pages jaxcls writes, readers of the CSV and TensorBoard logs, a
+counter of what jax compiles.
 tests/conftest.py puts this folder on sys.path, so `from helpers import ...` works from every
 subfolder (and from the scripts the subprocess tests run)."""
+import contextlib
 import csv
 import glob
 import json
@@ -58,6 +60,23 @@ def square_data(path, n, n_train, seed=0, bs=10):
     return ImageClassifierData.from_arrays(str(path), (x[:n_train], y[:n_train]),
                                            (x[n_train:], y[n_train:]), bs=bs,
                                            tfms=tfms_from_model(TINY, SZ), cache_size=36)
+
+
+@contextlib.contextmanager
+def lowerings():
+    """The names of the functions jax lowers while the block runs ('jit(train_step)', ...):
+    one per miss of a jitted function's cache, whether XLA then compiles the program or the
+    persistent cache serves it. An empty list: nothing compiled."""
+    seen = []
+
+    def listen(event, duration, **kw):
+        if event == '/jax/core/compile/jaxpr_to_mlir_module_duration':
+            seen.append(kw.get('fun_name'))
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        yield seen
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
 
 
 def learner(data, **kw):

@@ -45,8 +45,9 @@ from jaxcls.data.decode_one import BadImageError, decode_image, square_resize, t
 __all__ = [
     'FORMAT_VERSION', 'CACHE_MARGIN', 'MMAP_BYTES', 'RAM_FRACTION', 'BadImageError',
     'SkippedImagesWarning', 'Decoded', 'default_cache_size', 'to_rgb', 'decode_image',
-    'square_resize', 'decode_files', 'decode_records', 'decode_arrays', 'manifest_fingerprint',
-    'array_fingerprint', 'ram_budget', 'wait_for_cache_writes',
+    'square_resize', 'decode_files', 'decode_records', 'decode_arrays', 'report_skipped',
+    'progress_bar', 'pillow_quiet', 'manifest_fingerprint', 'array_fingerprint', 'ram_budget',
+    'wait_for_cache_writes',
 ]
 
 #: Worker processes from this many images up: fewer do not win back their ~0.2 s start.
@@ -103,7 +104,10 @@ def _shared_buffer(nbytes: int) -> tuple[str, mmap.mmap] | None:
         return None
 
 
-def _report(bad: list[tuple[str, str]], n: int, name: str, on_bad: str, from_cache: bool) -> None:
+def report_skipped(bad: list[tuple[str, str]], n: int, name: str, on_bad: str,
+                   from_cache: bool = False) -> None:
+    """BadImageError naming the files of `bad` with on_bad='raise', else one SkippedImagesWarning
+    (stacklevel: the caller's caller's caller, the user's line through a constructor)."""
     if not bad:
         return
     listing = '; '.join(f'{p!r} ({r})' for p, r in bad[:5]) + (' ...' if len(bad) > 5 else '')
@@ -122,12 +126,22 @@ class _NoBar:
     def update(self, n: int = 1) -> None: ...
 
 
-def _progress(total: int, desc: str, disable: bool):
+def progress_bar(total: int, desc: str, disable: bool):
     """A tqdm bar, or a do-nothing one; tqdm is only imported when a bar is shown."""
     if disable:
         return contextlib.nullcontext(_NoBar())
     from tqdm.auto import tqdm
     return tqdm(total=total, desc=desc, unit='img', leave=False)
+
+
+@contextlib.contextmanager
+def pillow_quiet():
+    """Pillow's own warnings (DecompressionBombWarning and the rest) silenced while a build
+    runs: its bad-file report replaces them. Pillow's filters are left as they were."""
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+        warnings.filterwarnings('ignore', module=r'PIL(\.|$)')
+        yield
 
 
 def _build(*, kind: str, names: Sequence[str], sources: Any, size: int,
@@ -150,7 +164,7 @@ def _build(*, kind: str, names: Sequence[str], sources: Any, size: int,
         if hit is not None:
             x, m = hit
             skipped = [tuple(s) for s in m['skipped']]
-            _report(skipped, n, name, on_bad, True)
+            report_skipped(skipped, n, name, on_bad, True)
             kept = np.asarray(m['kept'], np.int64)
             return Decoded(x, tuple(names[i] for i in kept), kept, skipped,
                            decode_cache.manifest_fingerprint(m), size, base + '.npy', True, m)
@@ -211,12 +225,10 @@ def _build(*, kind: str, names: Sequence[str], sources: Any, size: int,
         job(i, src)
         return reasons[i]
 
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', Image.DecompressionBombWarning)
-        warnings.filterwarnings('ignore', module=r'PIL(\.|$)')
+    with pillow_quiet():
         if procs is not None:
             try:
-                with _progress(n, f'decode {name}', quiet or n < PROGRESS_MIN) as bar:
+                with progress_bar(n, f'decode {name}', quiet or n < PROGRESS_MIN) as bar:
                     items = [item for chunk in chunks() for item in chunk]
                     results, deaths = decode_procs.run(procs, items, fallback, bar.update)
                     for i, err in results.items():
@@ -229,7 +241,7 @@ def _build(*, kind: str, names: Sequence[str], sources: Any, size: int,
             finally:
                 decode_procs.stop_workers(procs)
         else:
-            with _progress(n, f'decode {name}', quiet or n < PROGRESS_MIN) as bar, \
+            with progress_bar(n, f'decode {name}', quiet or n < PROGRESS_MIN) as bar, \
                     cf.ThreadPoolExecutor(max_workers=workers,
                                           thread_name_prefix='jaxcls-decode') as ex:
                 pending: list[cf.Future] = []
@@ -249,7 +261,7 @@ def _build(*, kind: str, names: Sequence[str], sources: Any, size: int,
         if tmp_npy:
             out = None
             os.remove(tmp_npy)
-        _report(skipped, n, name, on_bad, False)
+        report_skipped(skipped, n, name, on_bad, False)
     manifest = {**expect, 'jaxcls': decode_cache.jaxcls_version(), 'root': root,
                 'skipped': [list(s) for s in skipped], 'kept': kept.tolist(),
                 'shape': [len(kept), size, size, 3]}
@@ -280,7 +292,7 @@ def _build(*, kind: str, names: Sequence[str], sources: Any, size: int,
     if out is None:  # the decoded rows are on disk only
         path = cache_file or tmp_npy
         out = np.load(path, mmap_mode='r' if len(kept) * size * size * 3 > mmap_bytes else None)
-    _report(skipped, n, name, on_bad, False)
+    report_skipped(skipped, n, name, on_bad, False)
     fp = (decode_cache.manifest_fingerprint(manifest) if sources is not None
           else decode_cache.array_fingerprint(out))
     return Decoded(out, tuple(names[i] for i in kept), kept, skipped, fp, size, cache_file,

@@ -1,4 +1,5 @@
-"""Decoding one image -- a file, its encoded bytes, or an array -- to a uint8 (S, S, 3) square.
+"""Decoding one image -- a file, its encoded bytes, or an array -- to a uint8 (S, S, 3) square,
+or to a resized copy of its file (:func:`resize_file`, what ``data.resize`` writes).
 
 Pillow decodes every image, the same way wherever it comes from:
 
@@ -38,16 +39,21 @@ This file imports nothing from jaxcls: the decode worker processes
 """
 from __future__ import annotations
 
+import contextlib
 import io
+import math
 import os
 import stat
 import struct
+import threading
 
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ['BadImageError', 'ALPHA_BACKGROUND', 'RESAMPLE', 'REDUCING_GAP', 'SETTINGS', 'to_rgb',
-           'square_resize', 'resolve_max_pixels', 'decode_image', 'array_image', 'as_uint8_images']
+__all__ = ['BadImageError', 'ALPHA_BACKGROUND', 'RESAMPLE', 'REDUCING_GAP', 'SETTINGS',
+           'RESIZE_QUALITY', 'JPEG_EXTENSIONS', 'to_rgb', 'square_resize', 'resolve_max_pixels',
+           'open_rgb', 'decode_image', 'short_side_size', 'resize_file', 'array_image',
+           'as_uint8_images']
 
 #: Colour that transparent pixels are composited on.
 ALPHA_BACKGROUND = (255, 255, 255)
@@ -57,6 +63,9 @@ REDUCING_GAP = 2.0
 SETTINGS = {'resample': 'bilinear', 'reducing_gap': REDUCING_GAP,
             'alpha_background': list(ALPHA_BACKGROUND), 'exif_transpose': True,
             'crop': 'centre-square'}
+#: JPEG quality of the copies resize_file writes (data.resize).
+RESIZE_QUALITY = 90
+JPEG_EXTENSIONS = ('.jpg', '.jpeg', '.jpe', '.jfif')
 
 
 class BadImageError(ValueError):
@@ -128,25 +137,14 @@ def resolve_max_pixels(max_pixels: int | None | str) -> int | None:
     return Image.MAX_IMAGE_PIXELS if max_pixels == 'pillow' else max_pixels
 
 
-def decode_image(src: str | os.PathLike | bytes, size: int, *, max_pixels: int | None | str = 'pillow'
-                 ) -> np.ndarray:
-    """Decodes one image file (or its encoded bytes) to a uint8 (size, size, 3) array.
-
-    Draft-decodes big JPEGs, applies EXIF orientation, converts to RGB and
-    centre-crops/resizes (see the module docstring).
-
-    Args:
-      src: a path, or the encoded bytes of an image.
-      size: side of the output square.
-      max_pixels: skip images with more pixels than this after JPEG draft;
-        'pillow' (default) uses ``PIL.Image.MAX_IMAGE_PIXELS``; None disables.
+def open_rgb(src: str | os.PathLike | bytes, size: int, *, max_pixels: int | None | str = 'pillow'
+             ) -> Image.Image:
+    """One image file (or its encoded bytes) as a loaded, upright RGB Pillow image whose
+    shorter side is at least `size` when the original's is (a big JPEG is draft-decoded at
+    1/2, 1/4 or 1/8 scale): what :func:`decode_image` and :func:`resize_file` resample.
 
     Raises:
       BadImageError: the reason the image cannot be decoded.
-
-    >>> buf = io.BytesIO(); Image.new('RGB', (40, 20), (255, 0, 0)).save(buf, 'PNG')
-    >>> a = decode_image(buf.getvalue(), 8); a.shape, a.dtype, a[0, 0].tolist()
-    ((8, 8, 3), dtype('uint8'), [255, 0, 0])
     """
     limit = resolve_max_pixels(max_pixels)
     if isinstance(src, (bytes, bytearray, memoryview)):
@@ -192,7 +190,7 @@ def decode_image(src: str | os.PathLike | bytes, size: int, *, max_pixels: int |
         except Exception:  # malformed EXIF: keep the image as stored
             pass
         try:
-            return np.asarray(square_resize(to_rgb(im), size), dtype=np.uint8)
+            return to_rgb(im)
         except (OSError, ValueError) as e:
             raise BadImageError(f'corrupt: {type(e).__name__}: {e}') from None
     except BadImageError:
@@ -201,6 +199,75 @@ def decode_image(src: str | os.PathLike | bytes, size: int, *, max_pixels: int |
         raise BadImageError(f'corrupt: {type(e).__name__}: {e}') from None
     finally:
         fp.close()
+
+
+def decode_image(src: str | os.PathLike | bytes, size: int, *, max_pixels: int | None | str = 'pillow'
+                 ) -> np.ndarray:
+    """Decodes one image file (or its encoded bytes) to a uint8 (size, size, 3) array.
+
+    Draft-decodes big JPEGs, applies EXIF orientation, converts to RGB and
+    centre-crops/resizes (see the module docstring).
+
+    Args:
+      src: a path, or the encoded bytes of an image.
+      size: side of the output square.
+      max_pixels: skip images with more pixels than this after JPEG draft;
+        'pillow' (default) uses ``PIL.Image.MAX_IMAGE_PIXELS``; None disables.
+
+    Raises:
+      BadImageError: the reason the image cannot be decoded.
+
+    >>> buf = io.BytesIO(); Image.new('RGB', (40, 20), (255, 0, 0)).save(buf, 'PNG')
+    >>> a = decode_image(buf.getvalue(), 8); a.shape, a.dtype, a[0, 0].tolist()
+    ((8, 8, 3), dtype('uint8'), [255, 0, 0])
+    """
+    im = open_rgb(src, size, max_pixels=max_pixels)
+    try:
+        return np.asarray(square_resize(im, size), dtype=np.uint8)
+    except Exception as e:  # what Pillow throws resampling a broken image
+        raise BadImageError(f'corrupt: {type(e).__name__}: {e}') from None
+
+
+def short_side_size(w: int, h: int, targ: int) -> tuple[int, int]:
+    """(w, h) scaled so that the shorter side is `targ`, as fastai 0.7's resize_img (its
+    ``scale_to``: floor, and never under targ).
+
+    >>> short_side_size(500, 375, 128), short_side_size(20, 40, 64)
+    ((170, 128), (64, 128))
+    """
+    r = targ / min(w, h)
+    return max(math.floor(w * r), targ), max(math.floor(h * r), targ)
+
+
+def resize_file(src: str, dest: str, targ: int, *, max_pixels: int | None | str = 'pillow',
+                quality: int = RESIZE_QUALITY) -> None:
+    """Writes image `src` to `dest` with its shorter side scaled to `targ` (aspect kept,
+    bilinear, decoded as :func:`decode_image` decodes: upright, RGB), atomically: a temporary
+    file renamed into place, so `dest` is never a partial image. `dest` is a JPEG (`quality`)
+    when its name says JPEG, else the format its extension names (PNG stays PNG).
+
+    Raises:
+      BadImageError: `src` cannot be decoded. OSError: `dest` cannot be written.
+    """
+    im = open_rgb(src, targ, max_pixels=max_pixels)
+    ext = os.path.splitext(dest)[1].lower()
+    fmt = 'JPEG' if ext in JPEG_EXTENSIONS else Image.registered_extensions().get(ext)
+    if fmt is None:
+        raise BadImageError(f'cannot write {ext!r} files: Pillow has no writer for the extension')
+    size = short_side_size(*im.size, targ)
+    if im.size != size:
+        im = im.resize(size, RESAMPLE, reducing_gap=REDUCING_GAP)
+    os.makedirs(os.path.dirname(dest) or '.', exist_ok=True)
+    tmp = f'{dest}.{os.getpid()}-{threading.get_ident()}.tmp'
+    try:
+        im.save(tmp, fmt, **({'quality': quality} if fmt == 'JPEG' else {}))
+        os.replace(tmp, dest)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if isinstance(e, (KeyError, ValueError)):
+            raise BadImageError(f'cannot write it as {fmt}: {e}') from None
+        raise
 
 
 def array_image(a: np.ndarray, size: int) -> np.ndarray:

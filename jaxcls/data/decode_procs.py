@@ -1,4 +1,5 @@
-"""Decoding image files in worker processes, for machines with many cores.
+"""Decoding image files in worker processes, for machines with many cores (and writing the
+resized copies of ``data.resize``, :mod:`jaxcls.data.resize`, the same way).
 
 Pillow releases the GIL while it decodes and resizes, but opening a file, parsing its
 headers and wrapping the result hold it: about 0.2 ms of a JPEG's 2-3 ms. With many
@@ -37,13 +38,17 @@ import numpy as np  # noqa: E402
 CHUNK = 32
 
 
-def start_workers(count: int, buffer: str, offset: int, shape: Sequence[int],
-                  max_pixels: Optional[int]) -> list[subprocess.Popen]:
+def start_workers(count: int, buffer: Optional[str], offset: int, shape: Sequence[int],
+                  max_pixels: Optional[int], resize_to: Optional[int] = None
+                  ) -> list[subprocess.Popen]:
     """`count` worker processes writing rows of the uint8 array of `shape` stored at byte
-    `offset` of the file `buffer`. Raises OSError when they cannot be started."""
+    `offset` of the file `buffer`; or, with `resize_to` (and no buffer), writing resized
+    copies of files, an item's path being [source, destination] (`decode_one.resize_file`).
+    Raises OSError when they cannot be started."""
     decode_one_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'decode_one.py')
     args = json.dumps({'decode_one_py': decode_one_py, 'buffer': buffer, 'offset': int(offset),
-                       'shape': [int(s) for s in shape], 'max_pixels': max_pixels})
+                       'shape': [int(s) for s in shape], 'max_pixels': max_pixels,
+                       'resize_to': resize_to})
     env = dict(os.environ)
     # One thread per worker process: they are as many as the cores.
     for var in ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS'):
@@ -172,7 +177,9 @@ def _worker() -> None:
     dec = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = dec  # registered as an import would (classes look their module up)
     spec.loader.exec_module(dec)
-    out = np.memmap(cfg['buffer'], np.uint8, 'r+', offset=cfg['offset'], shape=tuple(cfg['shape']))
+    resize_to = cfg.get('resize_to')
+    out = None if resize_to else np.memmap(cfg['buffer'], np.uint8, 'r+', offset=cfg['offset'],
+                                           shape=tuple(cfg['shape']))
     sys.stdout.write('ready\n')
     sys.stdout.flush()
     size = cfg['shape'][1]
@@ -184,7 +191,10 @@ def _worker() -> None:
         answer = []
         for i, path in json.loads(line):
             try:
-                out[i] = dec.decode_image(path, size, max_pixels=cfg['max_pixels'])
+                if resize_to:
+                    dec.resize_file(path[0], path[1], resize_to, max_pixels=cfg['max_pixels'])
+                else:
+                    out[i] = dec.decode_image(path, size, max_pixels=cfg['max_pixels'])
                 answer.append([i, None])
             except dec.BadImageError as e:
                 answer.append([i, str(e)])

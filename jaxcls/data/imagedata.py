@@ -25,6 +25,9 @@ cut to the process's share there, after decoding.
 To look at the images: :meth:`ImageClassifierData.preview_batch` (a batch as
 the model sees it) and :meth:`ImageClassifierData.aug_samples` (augmented
 versions of one image) return them as 0..1 float arrays, ready to draw.
+
+:meth:`ImageClassifierData.resize` (fastai 0.7's ``data.resize``) writes a copy of the
+files at a smaller size once and returns data that reads it (:mod:`jaxcls.data.resize`).
 """
 from __future__ import annotations
 
@@ -36,9 +39,11 @@ import numpy as np
 
 from jaxcls.data import decode as dec
 from jaxcls.data import items as it
+from jaxcls.data.csv_labels import csv_items
 from jaxcls.data import transforms as T
 from jaxcls.data.dataset import ImageDataset, check_tfms, resolve_size
 from jaxcls.data.loader import all_processes, shard_indices
+from jaxcls.data.resize import resized_layout
 from jaxcls.data.tfds import read_tfds
 from jaxcls.data.tfm_loader import TfmDataLoader, jitted
 
@@ -107,6 +112,7 @@ class ImageClassifierData:
         self.sz = max(szs) if szs else trn_ds.cache_size
         self.cache_size = trn_ds.cache_size
         self.key, self.drop_last, self.prefetch, self.mesh = key, drop_last, prefetch, mesh
+        self._source: dict | None = None  # how files were decoded (from_paths, from_csv): resize
         self._make_loaders()
         self.skipped = list(skipped) + [s for ds in (trn_ds, val_ds, test_ds) if ds is not None
                                         for s in ds.skipped]
@@ -272,8 +278,33 @@ class ImageClassifierData:
                                    f'of {nm}; their own error says why')
             dss.append(ImageDataset.from_decoded(d, None if split.y is None else split.y[idx],
                                                  lay.classes, is_multi=lay.is_multi, ids=idx))
-        return cls(lay.root, *dss, bs=bs, tfms=tfms, key=key, drop_last=drop_last,
+        data = cls(lay.root, *dss, bs=bs, tfms=tfms, key=key, drop_last=drop_last,
                    prefetch=prefetch, mesh=mesh, skipped=lay.skipped)
+        data._source = dict(num_workers=num_workers, cache_dir=cache_dir, on_bad=on_bad,
+                            cache_size=cache_size, quiet=quiet, names=names)
+        return data
+
+    def resize(self, targ_sz: int, new_path: str = 'tmp', resume: bool = True,
+               num_workers: int | None = None) -> 'ImageClassifierData':
+        """fastai 0.7's ``data.resize``: writes every image file once more with its shorter side
+        scaled to `targ_sz`, under ``{path}/{new_path}/{targ_sz}/`` (in parallel; resumable:
+        copies newer than their file are kept unless ``resume=False``; files that cannot be
+        decoded are skipped and reported as this data's `on_bad` says), and returns data that
+        reads the copy: the same classes, splits, transforms and batch size. Its decode cache
+        lives under the copy (or in memory when this data's does). See :mod:`jaxcls.data.resize`.
+        """
+        if self._source is None:
+            raise ValueError('data.resize writes a resized copy of image files, and this data was '
+                             'not read from files (from_arrays, from_tfds); build it with a '
+                             'smaller cache_size= instead')
+        src = dict(self._source)
+        lay = resized_layout(self, targ_sz, new_path, resume=resume,
+                             num_workers=num_workers or src['num_workers'], on_bad=src['on_bad'],
+                             quiet=src['quiet'])
+        src['cache_dir'] = False if src['cache_dir'] is False else None
+        return type(self)._from_layout(lay, bs=self.bs, tfms=self.tfms, key=self.key,
+                                       drop_last=self.drop_last, prefetch=self.prefetch,
+                                       mesh=self.mesh, **src)
 
     @classmethod
     def from_paths(cls, path: str, bs: int = 64, tfms=(None, None), trn_name: str = 'train',
@@ -328,10 +359,10 @@ class ImageClassifierData:
                  drop_last: bool = False, prefetch: int = 2, mesh=None
                  ) -> 'ImageClassifierData':
         """Images in ``{path}/{folder}`` labelled by a CSV (fname, labels); see
-        :func:`jaxcls.data.items.csv_items` for the CSV rules and the default
-        20 % validation split (fastai's seed 42). The positional order is
-        fastai 0.7's; `continuous` (regression) must stay False. Other
-        arguments as in :meth:`from_paths`.
+        :mod:`jaxcls.data.csv_labels` for the CSV rules, the bad rows (`on_bad` applies to
+        them as to bad image files) and the default 20 % validation split (fastai's seed
+        42). The positional order is fastai 0.7's; `continuous` (regression) must stay
+        False. Other arguments as in :meth:`from_paths`.
 
         >>> import tempfile, pathlib; from PIL import Image
         >>> d = pathlib.Path(tempfile.mkdtemp()); (d / 'imgs').mkdir()
@@ -343,8 +374,8 @@ class ImageClassifierData:
         (['cat', 'dog'], 8, ['imgs/1.png', 'imgs/8.png'])
         """
         _no_regression(continuous)
-        lay = it.csv_items(path, folder, csv_fname, val_idxs, suffix, test_name, skip_header,
-                           cat_separator)
+        lay = csv_items(path, folder, csv_fname, val_idxs, suffix, test_name, skip_header,
+                        cat_separator, on_bad)
         return cls._from_layout(lay, bs=bs, tfms=tfms, num_workers=num_workers,
                                 cache_dir=cache_dir, on_bad=on_bad, cache_size=cache_size,
                                 key=key, quiet=quiet, drop_last=drop_last, prefetch=prefetch,

@@ -1,8 +1,8 @@
 """Items: which image files (or arrays) make up each split, their labels and the class list.
 
-No JAX and no decoding here: this module only lists folders, reads CSV files and
-validates the layout, so that every layout mistake is reported (with the path and
-the fix) before a single image is decoded.
+No JAX and no decoding here: this module only lists folders and validates the layout
+(CSV files are read by :mod:`jaxcls.data.csv_labels`), so that every layout mistake is
+reported (with the path and the fix) before a single image is decoded.
 
 Layout rules (fastai 0.7's, made explicit):
 
@@ -24,7 +24,6 @@ Layout rules (fastai 0.7's, made explicit):
 """
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -33,7 +32,8 @@ import numpy as np
 
 __all__ = [
     'IMAGE_EXTENSIONS', 'LayoutError', 'SplitItems', 'Layout', 'is_image_file',
-    'list_images', 'folder_items', 'csv_items', 'array_labels', 'get_cv_idxs', 'check_classes',
+    'list_images', 'folder_items', 'unlabelled_split', 'array_labels', 'get_cv_idxs',
+    'check_classes',
 ]
 
 #: Extensions (lower case) treated as images. Anything Pillow reads in practice.
@@ -217,7 +217,8 @@ def _class_folder_split(path: str, name: str) -> tuple[list[str], list[str], lis
     return found, fnames, labels, skipped
 
 
-def _unlabelled_split(path: str, name: str) -> tuple[SplitItems, list[tuple[str, str]]]:
+def unlabelled_split(path: str, name: str) -> tuple[SplitItems, list[tuple[str, str]]]:
+    """The images of the unlabelled test folder `{path}/{name}` (any depth), and the files skipped."""
     folder = _require_dir(path, name, 'test', 'Create it, or pass test_name=None.')
     imgs, skipped = list_images(folder, root=path)
     if not imgs:
@@ -285,7 +286,7 @@ def folder_items(path: str, trn_name: str = 'train', val_name: str = 'valid',
                                   f'a labelled test folder may only use train\'s classes {classes}')
             test = SplitItems(tuple(tst_f), np.array([index[c] for c in tst_l], np.int64))
         else:
-            test, tskip = _unlabelled_split(path, test_name)
+            test, tskip = unlabelled_split(path, test_name)
         skipped += tskip
     check_classes(classes, False, f'{trn_name}/',
                   f'add a folder of images per class under {trn_name}/ and {val_name}/ (e.g. '
@@ -305,107 +306,6 @@ def get_cv_idxs(n: int, cv_idx: int = 0, val_pct: float = 0.2, seed: int = 42) -
     n_val = int(val_pct * n)
     start = cv_idx * n_val
     return np.random.RandomState(seed).permutation(n)[start:start + n_val]
-
-
-def _read_csv_rows(csv_path: str, skip_header: bool) -> list[list[str]]:
-    with open(csv_path, newline='', encoding='utf-8-sig') as f:
-        rows = [r for r in csv.reader(f)]
-    rows = [r for r in rows if any(c.strip() for c in r)]  # blank lines
-    if skip_header and rows:
-        rows = rows[1:]
-    return rows
-
-
-def csv_items(path: str, folder: str, csv_fname: str, val_idxs: Sequence[int] | None = None,
-              suffix: str = '', test_name: str | None = None, skip_header: bool = True,
-              cat_separator: str = ' ') -> Layout:
-    """The layout of a CSV-labelled dataset (fastai's ``from_csv``).
-
-    The CSV's first column is the file name inside ``{path}/{folder}`` (with
-    `suffix` appended, e.g. ``'.jpg'``), the second the label(s), separated by
-    `cat_separator`. If every row has exactly one label the targets are class
-    indices; otherwise the dataset is multi-label and targets are float32
-    multi-hot rows (a row with no label is all zeros). Classes are the sorted
-    set of all labels.
-
-    Args:
-      val_idxs: row indices (0-based, header excluded) of the validation set;
-        default :func:`get_cv_idxs` (20 % of the rows, seed 42: fastai's split).
-        The validation rows keep their CSV order.
-      skip_header: the CSV's first row is a header.
-      test_name: optional unlabelled test folder under `path`.
-
-    Raises:
-      LayoutError: missing folder or CSV, a row with no label column, files the
-        CSV names that do not exist, or out-of-range `val_idxs`.
-
-    >>> import tempfile, pathlib
-    >>> d = pathlib.Path(tempfile.mkdtemp()); (d / 'imgs').mkdir()
-    >>> for i in range(5): (d / 'imgs' / f'{i}.png').touch()
-    >>> _ = (d / 'labels.csv').write_text('id,tags\\n0,a\\n1,b\\n2,a b\\n3,b\\n4,a\\n')
-    >>> lay = csv_items(str(d), 'imgs', 'labels.csv', suffix='.png')
-    >>> lay.classes, lay.is_multi, lay.valid.fnames, lay.valid.y.tolist()
-    (['a', 'b'], True, ('imgs/1.png',), [[0.0, 1.0]])
-    """
-    path = os.path.abspath(os.fspath(path))
-    img_dir = os.path.join(path, folder)
-    if not os.path.isdir(img_dir):
-        raise LayoutError(f'image folder {img_dir!r} does not exist; from_csv(path, folder, '
-                          f'csv_fname) reads images from {{path}}/{{folder}}')
-    csv_path = csv_fname if os.path.isabs(csv_fname) else os.path.join(path, csv_fname)
-    if not os.path.isfile(csv_path):
-        raise LayoutError(f'CSV file {csv_path!r} does not exist; pass csv_fname relative to '
-                          f'{path} or as an absolute path')
-    rows = _read_csv_rows(csv_path, skip_header)
-    if not rows:
-        raise LayoutError(f'CSV file {csv_path!r} has no data rows'
-                          + (' (skip_header=True dropped its only row)' if skip_header else ''))
-    for i, r in enumerate(rows):
-        if len(r) < 2:
-            line = i + 1 + int(skip_header)
-            raise LayoutError(
-                f'{csv_path} line {line} has {len(r)} column(s) ({r!r}); each row needs '
-                f'a file name and its label(s): fname,label (labels separated by '
-                f'{cat_separator!r})')
-    names = [r[0].strip() for r in rows]
-    labels = [[t for t in r[1].strip().split(cat_separator) if t] for r in rows]
-    fnames = [f'{folder}/{n}{suffix}'.replace(os.sep, '/') for n in names]
-    missing = [f for f in fnames if not os.path.isfile(os.path.join(path, f))]
-    if missing:
-        hint = (f" (suffix={suffix!r}: do the files have another extension?)"
-                if suffix else " (do the CSV names need suffix='.jpg'?)")
-        raise LayoutError(
-            f'{csv_path} names {len(missing)} of {len(fnames)} files that do not exist in '
-            f'{img_dir}, e.g. {missing[:3]}{hint}')
-    classes = sorted({t for ts in labels for t in ts})
-    if not classes:
-        raise LayoutError(f'{csv_path} has no labels in its second column')
-    index = {c: i for i, c in enumerate(classes)}
-    is_multi = not all(len(ts) == 1 for ts in labels)
-    check_classes(classes, is_multi, csv_path, 'give the rows of the CSV two labels or more')
-    if is_multi:
-        y = np.zeros((len(rows), len(classes)), np.float32)
-        for i, ts in enumerate(labels):
-            y[i, [index[t] for t in ts]] = 1.0
-    else:
-        y = np.array([index[ts[0]] for ts in labels], np.int64)
-    n = len(rows)
-    if val_idxs is None:
-        val_idxs = get_cv_idxs(n)
-    val_idxs = np.asarray(val_idxs, dtype=np.int64).reshape(-1)
-    bad = val_idxs[(val_idxs < 0) | (val_idxs >= n)]
-    if bad.size:
-        raise LayoutError(f'val_idxs has {bad[:5].tolist()} outside the {n} CSV rows (0..{n - 1})')
-    is_val = np.zeros(n, bool)
-    is_val[val_idxs] = True
-    fn = np.array(fnames, dtype=object)
-    trn = SplitItems(tuple(fn[~is_val]), y[~is_val])
-    val = SplitItems(tuple(fn[is_val]), y[is_val])
-    skipped: list[tuple[str, str]] = []
-    test = None
-    if test_name is not None:
-        test, skipped = _unlabelled_split(path, test_name)
-    return Layout(path, classes, is_multi, trn, val, test, skipped)
 
 
 def array_labels(trn_y, val_y, classes: Sequence | None = None

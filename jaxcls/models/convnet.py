@@ -14,6 +14,7 @@ from typing import Any, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxcls import xla
 from jaxcls.archs import get_arch
@@ -45,8 +46,9 @@ def convnet(arch: Any, num_classes: int, *, ps: Optional[Sequence[float]] = None
     Args:
       arch: `resnet34` (the constructor), 'resnet34', or an ArchSpec.
       num_classes: outputs of the head.
-      ps, xtra_fc: fastai's head: dropout before each layer (default [0.25, 0.5]) and the
-        extra layers' sizes (default [512]).
+      ps, xtra_fc: fastai's head: dropout before each layer (default [0.25, 0.5]; one number:
+        the same before every layer, as fastai's ps=0.5) and the extra layers' sizes
+        (default [512]).
       xtra_cut: cut this many more stages off the end of the body.
       custom_head: a Flax module taking the body's feature map and returning logits.
       pretrained: the body's ImageNet weights from a local file (`weights`, or the lookup
@@ -66,6 +68,8 @@ def convnet(arch: Any, num_classes: int, *, ps: Optional[Sequence[float]] = None
     body = ResNet(tuple(spec.stage_sizes[:n_stages]), spec.block, None, kernels=kernels)
     if custom_head is None:
         xtra = tuple(XTRA_FC if xtra_fc is None else xtra_fc)
+        if ps is not None and not isinstance(ps, (list, tuple, np.ndarray)):
+            ps = [float(ps)] * (len(xtra) + 1)   # fastai 0.7's ps=0.5: every layer's dropout
         head = Head(int(num_classes), xtra, None if ps is None else tuple(ps), kernels=kernels)
         desc = {'xtra_fc': list(xtra), 'ps': None if ps is None else list(ps)}
     else:

@@ -29,6 +29,7 @@ from jaxcls.models.head import ConvNet
 from . import fit as fitting
 from . import lr_find as lrf
 from . import memory as mem
+from . import progressive
 from .callbacks import Callback, Recorder, TrainingDiverged  # noqa: F401 (TrainingDiverged re-exported)
 from .memory import BatchSizeChoice, OutOfDeviceMemory  # noqa: F401 (re-exported)
 from .metrics import accuracy, accuracy_thresh
@@ -319,6 +320,12 @@ class ConvLearner(LearnerPredictions, LearnerFiles):
         if int(bs) != self.data.bs:
             self.data = self.data.with_bs(int(bs))
             self._features.forget_loaders()
+
+    def set_data(self, data, precompute: Optional[bool] = None) -> None:
+        """Train and predict on `data` from now on (the same classes, e.g. at another size:
+        progressive resizing), keeping the weights, freeze state, layer groups and precompute
+        setting; `precompute=True` freezes and precomputes as fastai's did (train.progressive)."""
+        progressive.set_data(self, data, precompute)
 
     def step_memory(self, bs: int, unfrozen: bool = True) -> int:
         """Bytes per device the training step needs at batch size `bs`, from XLA's memory

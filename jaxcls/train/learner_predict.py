@@ -33,7 +33,9 @@ class LearnerPredictions:
     def TTA(self, n_aug: int = 4, is_test: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Test-time augmentation, as fastai 0.7: (predictions, targets), predictions stacked as
         ceil(n_aug/4) copies of the plain pass followed by n_aug augmented passes (training
-        transforms, keys from the learner's seed). Average with np.mean(np.exp(p), 0)."""
+        transforms, keys from the learner's seed): (1 + 4, N, c) by default. They are
+        log-probabilities, averaged with np.mean(np.exp(p), 0); multi-label: probabilities,
+        averaged with np.mean(p, 0) (lesson 2: f2(np.mean(multi_preds, 0), y))."""
         return pr.tta(self, n_aug, is_test)
 
     def interpretation(self, is_test: bool = False):

@@ -24,6 +24,12 @@ def _split(learn, is_test: bool):
     return ds
 
 
+def _images(batch: dict) -> dict:
+    """The part of a loader's batch the inference steps read: an unlabelled test set (int
+    zeros) and a multi-label validation set (float rows) then share one compiled step."""
+    return {'image': batch['image']}
+
+
 def with_targs(learn, is_test: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(predictions, targets) for valid (or test: targets are zeros when unlabelled), in order."""
     _split(learn, is_test)
@@ -34,7 +40,7 @@ def with_targs(learn, is_test: bool = False) -> tuple[np.ndarray, np.ndarray]:
         loader = learn.data.test_dl if is_test else learn.data.val_dl
     fn, model = learn.steps.get('predict'), learn.steps.model_state()
     with mem.guard(learn, 'predicting'):
-        outs = [fn(model, batch) for batch in loader.iter_epoch(0)]
+        outs = [fn(model, _images(batch)) for batch in loader.iter_epoch(0)]
         # Real rows only, in split order, on every process (a collective with several).
         preds = loader.collect(outs)
     return preds, loader.targets()
@@ -64,7 +70,8 @@ def tta(learn, n_aug: int = 4, is_test: bool = False) -> tuple[np.ndarray, np.nd
         outs = []
         with mem.guard(learn, 'in TTA'):
             for b, batch in enumerate(loader.iter_epoch(0)):
-                outs.append(fn(model, batch, jax.vmap(lambda k: jax.random.fold_in(k, b))(keys)))
+                outs.append(fn(model, _images(batch),
+                               jax.vmap(lambda k: jax.random.fold_in(k, b))(keys)))
             aug = loader.collect(outs, axis=1)
     finally:
         learn._precompute = was

@@ -5,7 +5,8 @@ import re
 import numpy as np
 import pytest
 
-from jaxcls.data.items import (LayoutError, array_labels, csv_items, folder_items,
+from jaxcls.data.csv_labels import csv_items
+from jaxcls.data.items import (LayoutError, array_labels, folder_items,
                                get_cv_idxs, is_image_file, list_images)
 
 
@@ -160,14 +161,15 @@ def test_csv_single_label_split(tmp_path):
 
 
 def test_csv_multi_label_and_explicit_val(tmp_path):
-    touch(tmp_path, *[f'imgs/{i}.png' for i in range(4)])
-    write_csv(tmp_path, ['0,clear road', '1,haze', '2,', '3,road water'])
+    touch(tmp_path, *[f'imgs/{i}.png' for i in range(5)])
+    write_csv(tmp_path, ['0,clear road', '1,haze', '2,clear haze', '3,road water', '4,water road clear'])
     lay = csv_items(str(tmp_path), 'imgs', 'labels.csv', val_idxs=[3, 0], suffix='.png')
     assert lay.is_multi and lay.classes == ['clear', 'haze', 'road', 'water']
     assert lay.train.y.dtype == np.float32
     assert lay.valid.fnames == ('imgs/0.png', 'imgs/3.png')
     assert lay.valid.y.tolist() == [[1, 0, 1, 0], [0, 0, 1, 1]]
-    assert lay.train.y.tolist() == [[0, 1, 0, 0], [0, 0, 0, 0]]  # a row with no label: all zeros
+    assert lay.train.y.tolist() == [[0, 1, 0, 0], [1, 1, 0, 0], [1, 0, 1, 1]]
+    assert lay.skipped == []
 
 
 def test_csv_separator_no_header(tmp_path):
@@ -181,10 +183,12 @@ def test_csv_separator_no_header(tmp_path):
 def test_csv_errors(tmp_path):
     touch(tmp_path, 'imgs/0.jpg', 'imgs/1.jpg')
     write_csv(tmp_path, ['0,a', '1,b', '7,a'])
-    with pytest.raises(LayoutError, match=r"names 1 of 3 files that do not exist .*imgs/7.jpg.*suffix='.jpg'"):
-        csv_items(str(tmp_path), 'imgs', 'labels.csv', suffix='.jpg')
+    with pytest.raises(LayoutError, match=r"1 of the 3 rows of .*labels.csv cannot be used: "
+                                          r"labels.csv line 4: no file imgs/7.jpg"):
+        csv_items(str(tmp_path), 'imgs', 'labels.csv', suffix='.jpg', on_bad='raise')
     write_csv(tmp_path, ['0', '1'], name='one_col.csv')
-    with pytest.raises(LayoutError, match=r"one_col.csv line 2 has 1 column\(s\)"):
+    with pytest.raises(LayoutError, match=r"none of the 2 rows of .*one_col.csv can be used: "
+                                          r"one_col.csv line 2: empty label cell"):
         csv_items(str(tmp_path), 'imgs', 'one_col.csv', suffix='.jpg')
     with pytest.raises(LayoutError, match=r"image folder .*nope.* does not exist"):
         csv_items(str(tmp_path), 'nope', 'labels.csv')
@@ -193,13 +197,16 @@ def test_csv_errors(tmp_path):
     write_csv(tmp_path, ['0,a', '1,b'], name='ok.csv')
     with pytest.raises(LayoutError, match=r"val_idxs has \[5\] outside the 2 CSV rows"):
         csv_items(str(tmp_path), 'imgs', 'ok.csv', val_idxs=[5], suffix='.jpg')
-    with pytest.raises(LayoutError, match="(do the CSV names need suffix='.jpg'?)"):
+    with pytest.raises(LayoutError, match=r"none of the 2 files .* names exists .*\(do the CSV "
+                                          r"names need suffix='.jpg'\?\)"):
         csv_items(str(tmp_path), 'imgs', 'ok.csv')
+    with pytest.raises(ValueError, match="on_bad='ignore'; use 'skip'"):
+        csv_items(str(tmp_path), 'imgs', 'ok.csv', on_bad='ignore')
 
 
 def test_csv_test_folder(tmp_path):
-    touch(tmp_path, 'imgs/0.jpg', 'imgs/1.jpg', 'test/t.jpg')
-    write_csv(tmp_path, ['0,a', '1,b'])
+    touch(tmp_path, 'imgs/0.jpg', 'imgs/1.jpg', 'imgs/2.jpg', 'test/t.jpg')
+    write_csv(tmp_path, ['0,a', '1,b', '2,a'])
     lay = csv_items(str(tmp_path), 'imgs', 'labels.csv', val_idxs=[0], suffix='.jpg', test_name='test')
     assert lay.test.fnames == ('test/t.jpg',)
 
