@@ -115,6 +115,7 @@ def learner_heatmaps(learn: Any, images: Any, classes: Any) -> Any:
     import numpy as np
     from jaxcls.data.transforms import val_transform
     x = val_transform(jnp.asarray(np.asarray(images)), learn.data.tfms[1])
-    _, up = class_activation_map(learn.model, learn.state.variables, x,
+    variables = learn.steps.model_state(images=True).variables  # what the learner predicts with
+    _, up = class_activation_map(learn.model, variables, x,
                                  jnp.asarray(np.asarray(classes), jnp.int32))
     return np.asarray(up)

@@ -111,6 +111,17 @@ def _model_args(p: argparse.ArgumentParser, *, default_lr: bool = True) -> None:
                         'a random initialisation')
     p.add_argument('--seed', type=int, default=0, help='seed of the head, shuffling and '
                    'augmentation (default 0)')
+    p.add_argument('--mixup', type=float, default=0.0, metavar='ALPHA',
+                   help='MixUp inside the training step (fastai 2 uses 0.4; default off)')
+    p.add_argument('--cutmix', type=float, default=0.0, metavar='ALPHA',
+                   help='CutMix instead (fastai 2 uses 1.0; default off)')
+    p.add_argument('--label-smoothing', type=float, default=0.0, metavar='EPS',
+                   help='label smoothing (fastai 2 uses 0.1; default off)')
+    p.add_argument('--ema', type=float, default=0.0, metavar='DECAY',
+                   help='validate, predict and save with a moving average of the weights '
+                        '(e.g. 0.999; default off)')
+    p.add_argument('--accumulate', type=_positive_int, default=1, metavar='N',
+                   help='gradient accumulation: N micro-batches of --bs per update (default 1)')
     p.add_argument('--out', metavar='DIR',
                    help=f'where plots and the JSON summary go (default PATH/{OUT_DIRNAME})')
 

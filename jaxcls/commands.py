@@ -100,6 +100,9 @@ def _build_learner(args: argparse.Namespace, path: str):
     if args.precompute and args.unfreeze:
         raise UserError('--precompute trains the head on stored activations of a frozen body, '
                         '--unfreeze trains the body too; use one of them')
+    if args.precompute and (args.mixup or args.cutmix):
+        raise UserError('--mixup and --cutmix mix images; --precompute trains the head on stored '
+                        'activations of unmixed images; use one of them')
     if args.weights is not None and not args.pretrained:
         raise UserError('--weights gives ImageNet weights but --no-pretrained asks for random '
                         'ones; drop one of them')
@@ -117,7 +120,9 @@ def _build_learner(args: argparse.Namespace, path: str):
     with _user_errors():
         learn = ConvLearner.pretrained(args.arch, data, precompute=args.precompute,
                                        pretrained=args.pretrained, weights=args.weights,
-                                       seed=args.seed)
+                                       seed=args.seed, mixup=args.mixup, cutmix=args.cutmix,
+                                       label_smoothing=args.label_smoothing, ema=args.ema,
+                                       accumulate=args.accumulate)
     if args.unfreeze:
         learn.unfreeze()
     elif not args.pretrained:

@@ -2,7 +2,7 @@
 jaxcls.train.steps, jitted once per configuration.
 
 One train step exists per (trainable layer groups, precompute, BatchNorm mode, dtype,
-transforms); learning rates, momentum and weight decay are its `HParams` argument, so
+transforms, recipe); learning rates, momentum and weight decay are its `HParams` argument, so
 lr_find, any fit and SGDR reuse it. After precompute the step trains the network's state
 without its body (`state.head_state`) on stored features, `make_train_step` with
 `method=ConvNet.head_only`: a JAX user rebuilds either with the same calls
@@ -21,6 +21,7 @@ from jaxcls.data import transforms as T
 from jaxcls.models.head import ConvNet
 
 from .optim import layer_group_sgd
+from .recipe import check_features
 from .state import ModelState, TrainState, head_state, model_state
 from .steps import make_features_step, make_predict_step, make_train_step, make_tta_step
 
@@ -44,7 +45,7 @@ def canonical(net: ConvNet) -> ConvNet:
 class LearnerSteps:
     """`learn.steps`: `get(kind)` is the learner's compiled step of `kind` (see KINDS);
     `compiled` maps each configuration key (kind, trainable, precompute, BatchNorm mode,
-    dtype, transforms) to its jitted function."""
+    dtype, transforms, recipe) to its jitted function."""
 
     # How the network runs on stored features: its head alone (ConvNet.head_only).
     HEAD = {'method': ConvNet.head_only}
@@ -79,9 +80,12 @@ class LearnerSteps:
         learn = self.learn
         if kind not in KINDS:
             raise ValueError(f'no step {kind!r}; the learner has {KINDS}')
+        if kind == 'train' and learn.precompute:
+            check_features(learn.recipe)  # MixUp and CutMix need images
         key = (kind, learn.trainable if kind == 'train' else None,
                learn.precompute if kind in ('train', 'predict') else None,
-               learn.bn_frozen, jnp.dtype(learn.dtype).name, learn.data.tfms)
+               learn.bn_frozen, jnp.dtype(learn.dtype).name, learn.data.tfms,
+               learn.recipe if kind == 'train' else None)
         if key not in self.compiled:
             shared = self._network() + key
             if shared not in _SHARED_STEPS:
@@ -99,9 +103,10 @@ class LearnerSteps:
         valid = functools.partial(T.val_transform, cfg=val)
         features = {'method': ConvNet.features}
         if kind == 'train':
+            recipe = learn.recipe.options()
             if learn.precompute:  # the head alone, on stored features (see head_state)
                 return xla.jit(make_train_step(learn.loss, None, None, self.HEAD,
-                                               skip_nonfinite=True), donate_argnums=0)
+                                               skip_nonfinite=True, **recipe), donate_argnums=0)
             # Everything trainable: no frozen mask, no BatchNorm in eval mode (the step a JAX
             # user writes for the whole network, examples/functional_fit.py).
             frozen = None if all(learn.trainable) else jax.tree_util.tree_map(
@@ -109,7 +114,7 @@ class LearnerSteps:
             bn_eval = self.bn_eval()
             return xla.jit(make_train_step(learn.loss, augment, frozen,
                                            {'bn_eval': bn_eval} if bn_eval else None,
-                                           skip_nonfinite=True), donate_argnums=0)
+                                           skip_nonfinite=True, **recipe), donate_argnums=0)
         makers = {
             'predict': lambda: (make_predict_step(learn.loss, None, self.HEAD) if learn.precompute
                                 else make_predict_step(learn.loss, valid)),
@@ -120,13 +125,16 @@ class LearnerSteps:
             'tta': lambda: make_tta_step(augment, learn.loss)}
         return xla.jit(makers[kind]())
 
-    def model_state(self, images: Optional[bool] = None) -> ModelState:
+    def model_state(self, images: Optional[bool] = None, raw: bool = False) -> ModelState:
         """What the inference steps read: the whole network, or after precompute (unless
-        `images`) the head alone, which takes stored features."""
+        `images`) the head alone, which takes stored features; the moving average of the
+        weights when the recipe keeps one (`raw`: the weights themselves)."""
         learn = self.learn
+        state = learn.state
+        ema = bool(learn.recipe.ema) and state.ema is not None and not raw
         if images or (images is None and not learn.precompute):
-            return model_state(learn.state)
-        return model_state(learn.state, 'head')
+            return model_state(state, ema=ema)
+        return model_state(state, 'head', ema=ema)
 
     def fresh_state(self) -> TrainState:
         """The whole network with a fresh optimizer (fastai 0.7 made one per fit), placed."""

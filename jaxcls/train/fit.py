@@ -83,7 +83,8 @@ def run(learn, epochs: int, table: HParams, callbacks: Optional[Sequence[Callbac
     desc = dict(desc, fit_index=fit_index, iterations=int(len(table.lr)), fit_epochs=int(epochs),
                 batches_per_epoch=int(nb), bs=int(learn.data.bs),
                 n_train=int(getattr(learn.data.trn_dl, 'n_total', len(learn.data.trn_ds))),
-                trainable=list(learn.trainable), precompute=learn.precompute)
+                trainable=list(learn.trainable), precompute=learn.precompute,
+                **learn.recipe.describe())  # the recipe's options that are on
     full = learn.steps.fresh_state()
     recorder, start = LossRecorder(), dict(fit_epoch=0, batch=0, iteration=0, hist=())
     if resume:

@@ -3,8 +3,8 @@
 The learner holds state (data, network, TrainState, layer-group settings, precomputed
 features) and runs the same pieces a JAX user can import: the network of
 `jaxcls.models.convnet`, the steps of `jaxcls.train.steps` (one compiled train step per
-configuration of trainable groups, precompute, BatchNorm mode, dtype and transforms; rates
-are step arguments, so lr_find, any fit and SGDR reuse it), the `HParams` tables of
+configuration of trainable groups, precompute, BatchNorm mode, dtype, transforms and
+recipe; rates are step arguments, so lr_find, any fit and SGDR reuse it), the `HParams` tables of
 `jaxcls.train.schedules`, and the loop of `jaxcls.train.loop` (`jaxcls.train.fit` wires them).
 
     >>> data = ImageClassifierData.from_paths(PATH, tfms=tfms_from_model(resnet34, 224))  # doctest: +SKIP
@@ -37,7 +37,9 @@ from .optim import layer_group_labels, per_group
 from .compiled import LearnerSteps, canonical
 from .learner_files import LearnerFiles
 from .learner_predict import LearnerPredictions
+from .learner_recipe import LearnerRecipe
 from .precompute import Features
+from .recipe import Recipe
 from .resume import ModelCheckpoint, ResumeMismatch, SaveBest  # noqa: F401 (re-exported)
 from .schedules import DIV, DIV_FINAL, MOMS, PCT_START, fit_schedule, one_cycle_schedule
 from .state import TrainState, create_train_state, with_head
@@ -45,17 +47,19 @@ from .state import TrainState, create_train_state, with_head
 _BN_MODES = ('eval', 'train')
 
 
-class ConvLearner(LearnerPredictions, LearnerFiles):
+class ConvLearner(LearnerPredictions, LearnerFiles, LearnerRecipe):
     """A pretrained body + fastai's head, trained the fastai 0.7 way. Build with `pretrained`.
 
     Attributes (fastai 0.7 names): data, model (the Flax ConvNet), sched (a Recorder of the
     last fit or lr_find), precompute, n_groups (layer groups: 3 for ResNets), state (the
     TrainState; during a fit, after its latest step), history (per-epoch logs of every fit),
     progress (the running fit's Loop, None outside a fit), mem_budget (bytes per device a
-    training step may need; None: no check).
+    training step may need; None: no check), recipe (MixUp, label smoothing, EMA,
+    accumulation: `set_recipe`).
 
     Split by purpose: training and configuration here, predictions in `LearnerPredictions`
-    (learner_predict.py), saved models and checkpoints in `LearnerFiles` (learner_files.py).
+    (learner_predict.py), saved models and checkpoints in `LearnerFiles` (learner_files.py),
+    the recipe (MixUp, label smoothing, EMA, accumulation) in `LearnerRecipe` (learner_recipe.py).
     """
 
     mem_budget: Optional[int] = None
@@ -85,6 +89,7 @@ class ConvLearner(LearnerPredictions, LearnerFiles):
         self.labels = layer_group_labels(variables['params'], spec.layer_groups[0])
         self.n_groups, self.trainable = 3, (False, False, True)  # freeze(): only the head trains
         self.steps = LearnerSteps(self)  # the compiled public steps (jaxcls.train.compiled)
+        self._recipe = Recipe()  # MixUp, label smoothing, EMA, accumulation: all off
         self._features = Features(self)
         self._state = self._place(create_train_state(net.apply, variables, self.steps.tx(),
                                                      rng=seed))
@@ -106,7 +111,9 @@ class ConvLearner(LearnerPredictions, LearnerFiles):
                    metrics: Optional[Sequence[Callable]] = None, quiet: bool = False,
                    precompute_aug: int = 0, bs: Any = None,
                    mem_budget: Optional[int] = None, dtype: Any = None,
-                   kernels: str = 'auto') -> 'ConvLearner':
+                   kernels: str = 'auto', mixup: float = 0.0, cutmix: float = 0.0,
+                   label_smoothing: float = 0.0, ema: float = 0.0,
+                   accumulate: int = 1) -> 'ConvLearner':
         """A learner with an ImageNet-pretrained body (`pretrained=False`: random) and a new head.
 
         Args:
@@ -129,8 +136,13 @@ class ConvLearner(LearnerPredictions, LearnerFiles):
             naming the batch size that fits); None: no check, the device's own limit.
           dtype: 'float32' (default) or 'bfloat16' compute (as `half()`); precompute then
             runs in it. kernels: 'auto', 'xla' or 'cpu' (jaxcls.models.ops).
+          mixup, cutmix, label_smoothing, ema, accumulate: the recipe (`set_recipe`,
+            jaxcls.train.recipe): MixUp's or CutMix's alpha, label smoothing's eps, the decay
+            of the weights' average used to validate, predict and save, micro-batches of bs
+            per update. 0 (accumulate 1) is off.
         """
         compile_cache.enable()  # the second run of a script loads its compiled steps
+        recipe = Recipe(mixup, cutmix, label_smoothing, ema, accumulate)  # checked first
         dtype = None if dtype is None else compute_dtype(dtype)
         spec = get_arch(arch)
         net, variables, desc = convnet(
@@ -143,6 +155,7 @@ class ConvLearner(LearnerPredictions, LearnerFiles):
                     precompute_aug=precompute_aug, head_desc=desc)
         learn.pretrained_body = bool(pretrained or weights is not None)
         learn.mem_budget = None if mem_budget is None else int(mem_budget)
+        learn.recipe = recipe
         if later:  # features computed once, in the dtype asked for
             learn._set_dtype(dtype)
             learn.precompute = precompute
@@ -230,7 +243,7 @@ class ConvLearner(LearnerPredictions, LearnerFiles):
         return self._train_loader(epoch).iter_epoch(epoch, start=start)
 
     def _train_loader(self, epoch: int) -> DataLoader:
-        return self._features.train_loader(epoch) if self._precompute else self.data.trn_dl
+        return self._features.train_loader(epoch) if self._precompute else self._image_loader()
 
     def _place(self, tree: Any) -> Any:
         """Replicate a pytree over the data mesh: one consistent placement for every input of

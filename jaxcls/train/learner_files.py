@@ -33,14 +33,15 @@ class LearnerFiles:
         modelfile.load(self, name)
 
     def export(self, fname: str = 'export.jaxcls') -> str:
-        """Write the model to one file (weights, BatchNorm statistics, arch, classes, the
-        validation transform and normalisation; no optimizer state, no pickle), for
+        """Write the model to one file (weights -- their moving average when the recipe keeps
+        one --, BatchNorm statistics, arch, classes, the validation transform and
+        normalisation; no optimizer state, no pickle), for
         `load_learner(file)`, `Predictor.load(file)` or `jaxcls predict file img.jpg`. A
         relative `fname` is under data.path, as fastai 2's. Returns the file's path."""
         from .export import write_export
-        state = self.state
+        model = self.steps.model_state(images=True)   # the moving average, when kept
         return write_export(os.path.join(self.data.path, fname),
-                            {'params': state.params, 'batch_stats': state.batch_stats},
+                            {'params': model.params, 'batch_stats': model.batch_stats},
                             self.describe())
 
     def restore_checkpoint(self, source: Any, step: Optional[int] = None) -> dict:

@@ -193,7 +193,8 @@ def learner_step_bytes(learn, bs: int, unfrozen: bool = True) -> int:
     dl = learn.data.trn_dl
     # One compile per configuration: the analysis of a step depends on nothing else.
     key = (int(bs), tuple(trainable), bool(precompute), str(learn.dtype),
-           tuple(learn.data.trn_ds.x.shape[1:]), learn.precompute_aug, dl.mesh.shape['data'])
+           tuple(learn.data.trn_ds.x.shape[1:]), learn.precompute_aug, dl.mesh.shape['data'],
+           learn.recipe)
     known = learn.__dict__.setdefault('_step_bytes', {})
     if key not in known:
         known[key] = _step_bytes_of(learn, int(bs), trainable, precompute, dl)
@@ -203,6 +204,7 @@ def learner_step_bytes(learn, bs: int, unfrozen: bool = True) -> int:
 def _step_bytes_of(learn, bs: int, trainable: tuple, precompute: bool, dl) -> int:
     from jax.sharding import NamedSharding, PartitionSpec as P
     rep, shard = NamedSharding(dl.mesh, P()), NamedSharding(dl.mesh, P('data'))
+    bs *= learn.recipe.accumulate  # a step takes accumulate micro-batches of bs rows
     with configured(learn, trainable, precompute):
         fn = learn.steps.get('train')
         state = jax.eval_shape(lambda s: learn.steps.fit_view(s.with_tx(learn.steps.tx())), learn.state)

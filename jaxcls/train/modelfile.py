@@ -25,6 +25,7 @@ from . import checkpoint as ckpt
 from . import export as ex
 from .integrity import DamagedModelError, ModelFileError  # noqa: F401 (re-exported)
 from .integrity import tree_shapes
+from .recipe import init_ema
 
 # Everything a model must describe to be rebuilt without its training data.
 REQUIRED = ('arch', 'arch_spec', 'classes', 'c', 'is_multi', 'head', 'stages', 'sz',
@@ -108,11 +109,18 @@ def check_standard_head(meta: dict, folder: str, fix: str) -> None:
 
 def save(learn, name: str) -> str:
     """`learn.save(name)`: params, BatchNorm statistics, optimizer state and step to
-    {data.path}/models/{name} (Orbax, atomic), with `learn.describe()`. Returns the folder."""
-    state = learn.state
-    tree = {'params': state.params, 'batch_stats': state.batch_stats,
+    {data.path}/models/{name} (Orbax, atomic), with `learn.describe()`. Returns the folder.
+
+    With the recipe's moving average of the weights on, 'params' and 'batch_stats' are the
+    average (what the learner validates and predicts with, so every reader gets that model),
+    the weights themselves are under 'raw', and the description says 'ema': its decay."""
+    state, meta = learn.state, learn.describe()
+    model = learn.steps.model_state(images=True)
+    tree = {'params': model.params, 'batch_stats': model.batch_stats,
             'opt_state': state.opt_state, 'step': state.step}
-    return ckpt.save_checkpoint(os.path.join(learn._models_dir(), name), tree, learn.describe())
+    if learn.recipe.ema and state.ema is not None:
+        tree['raw'], meta['ema'] = state.variables, learn.recipe.ema
+    return ckpt.save_checkpoint(os.path.join(learn._models_dir(), name), tree, meta)
 
 
 def load(learn, name: str) -> None:
@@ -129,11 +137,14 @@ def load(learn, name: str) -> None:
                            {'arrays': {'state': tree_shapes(tree)}}, folder)
         cast = {k: jax.tree_util.tree_map(lambda t, a: jnp.asarray(a, t.dtype), getattr(state, k),
                                           tree[k]) for k in ('params', 'batch_stats')}
-        learn.state = learn._place(state.replace(**cast))
+        ema = init_ema(cast) if learn.recipe.ema else None   # an export holds one model
+        learn.state = learn._place(state.replace(**cast, ema=ema))
         if learn.precompute:
             learn._features.ensure()
         return
     target = {'params': state.params, 'batch_stats': state.batch_stats, 'step': state.step}
+    if 'ema' in meta:  # saved with a moving average: the weights themselves are under 'raw'
+        target['raw'] = state.variables
     if tuple(meta.get('trainable', ())) == learn.trainable:
         target['opt_state'] = state.opt_state
         restored = ckpt.load_checkpoint(folder, target)
@@ -141,8 +152,15 @@ def load(learn, name: str) -> None:
         full = ckpt.load_checkpoint(folder)
         restored = {k: jax.tree_util.tree_map(lambda t, a: jnp.asarray(a, t.dtype), v, full[k])
                     for k, v in target.items()}
+    params, stats, ema = restored['params'], restored['batch_stats'], None
+    if learn.recipe.ema:  # the saved model is the average; it goes on from there
+        ema = {'params': params, 'batch_stats': stats}
+        if 'raw' in restored:
+            params, stats = restored['raw']['params'], restored['raw']['batch_stats']
+        else:
+            ema = init_ema(ema)
     learn.state = learn._place(state.replace(
-        params=restored['params'], batch_stats=restored['batch_stats'], step=restored['step'],
+        params=params, batch_stats=stats, step=restored['step'], ema=ema,
         opt_state=restored.get('opt_state', state.opt_state)))
     if learn.precompute:
         learn._features.ensure()

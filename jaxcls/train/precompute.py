@@ -195,7 +195,7 @@ class Features:
                     body=self.body_digest())
         if self.base == base:
             return
-        model = learn.steps.model_state(images=True)
+        model = learn.steps.model_state(images=True, raw=True)  # the body the head trains on
         todo = ([(f'train_aug{v}', data.trn_ds, v) for v in range(learn.precompute_aug)]
                 or [('train', data.trn_ds, None)])
         todo += [(n, ds, None) for n, ds in (('valid', data.val_ds), ('test', data.test_ds))
@@ -249,8 +249,9 @@ class Features:
         if name not in self.loaders:
             data = self.learn.data
             dl = data.trn_dl
+            bs = data.bs * self.learn.recipe.accumulate  # micro-batches of bs per update
             self.loaders[name] = DataLoader(
-                self.placed_array(name), data.trn_ds.y, data.bs, shuffle=True, key=dl.key,
+                self.placed_array(name), data.trn_ds.y, bs, shuffle=True, key=dl.key,
                 drop_last=dl.drop_last, mesh=dl.mesh, ids=data.trn_ds.ids)
         return self.loaders[name]
 

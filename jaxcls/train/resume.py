@@ -67,8 +67,10 @@ def _handlers() -> dict:
 
 
 def state_arrays(state: Any) -> dict:
-    """The arrays of a TrainState that a checkpoint holds."""
-    return {k: getattr(state, k) for k in STATE_KEYS}
+    """The arrays of a TrainState that a checkpoint holds (and its weights' moving average,
+    when it keeps one: jaxcls.train.recipe)."""
+    ema = {} if getattr(state, 'ema', None) is None else {'ema': state.ema}
+    return {**{k: getattr(state, k) for k in STATE_KEYS}, **ema}
 
 
 def abstract_target(tree: Any) -> Any:

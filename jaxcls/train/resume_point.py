@@ -57,8 +57,9 @@ def restore_checkpoint(learner, source: Any, step: Optional[int] = None) -> dict
             lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=rep),
             ck.state_metadata(step))
         arrays = ck.read_state(step, target)
-        state = learner.state.replace(**{k: arrays[k] for k in ('params', 'batch_stats', 'step',
-                                                                'rng')})
+        keys = ('params', 'batch_stats', 'step', 'rng') + (
+            ('ema',) if 'ema' in arrays and learner.state.ema is not None else ())
+        state = learner.state.replace(**{k: arrays[k] for k in keys})
     learner.state = learner._place(state)
     learner.epoch = int(rec['epoch'])
     learner.history = list(rec['history']) + list(rec['hist'])

@@ -14,7 +14,8 @@ class TrainState(struct.PyTreeNode):
     """Step counter, parameters, BatchNorm statistics, optimizer state and the run's PRNG key.
 
     `apply_fn` (the model's `apply`) and `tx` (the optax transformation) are static:
-    they are part of the compiled step, not data.
+    they are part of the compiled step, not data. `ema` is None, or the moving average of
+    the weights ({'params', 'batch_stats'}) a step with `ema=` keeps (jaxcls.train.recipe).
     """
 
     step: jax.Array
@@ -24,6 +25,7 @@ class TrainState(struct.PyTreeNode):
     rng: jax.Array
     apply_fn: Callable = struct.field(pytree_node=False)
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
+    ema: Any = None
 
     @property
     def variables(self) -> dict:
@@ -56,13 +58,19 @@ class ModelState(struct.PyTreeNode):
         return {'params': self.params, 'batch_stats': self.batch_stats}
 
 
-def model_state(state: Any, part: str | None = None) -> ModelState:
+def model_state(state: Any, part: str | None = None, ema: bool = False) -> ModelState:
     """The ModelState of a TrainState (or ModelState): all of its variables, or only the
-    subtree `part` of them (e.g. 'head'), still under that key."""
-    params, stats = state.params, state.batch_stats
+    subtree `part` of them (e.g. 'head'), still under that key. `ema`: the moving average
+    of the weights (`state.ema`) instead of the weights."""
+    params, stats = (state.ema['params'], state.ema['batch_stats']) if ema else (
+        state.params, state.batch_stats)
     if part is not None:
-        params, stats = {part: params[part]}, ({part: stats[part]} if part in stats else {})
+        params, stats = _part(params, stats, part)
     return ModelState(params=params, batch_stats=stats, apply_fn=state.apply_fn)
+
+
+def _part(params: Any, stats: Any, part: str) -> tuple[dict, dict]:
+    return {part: params[part]}, ({part: stats[part]} if part in stats else {})
 
 
 def head_state(state: TrainState, tx: optax.GradientTransformation, part: str = 'head'
@@ -73,7 +81,8 @@ def head_state(state: TrainState, tx: optax.GradientTransformation, part: str = 
     same `apply_fn` runs it (with `method=ConvNet.head_only`, the features as input) and
     the head meets the very dropout keys it meets in the whole network. `tx` is an optimizer
     over those parameters (`layer_group_sgd({part: labels[part]}, trainable)`). Step
-    counter and PRNG key are `state`'s. The optimizer state is `state`'s own, converted
+    counter and PRNG key are `state`'s, and so is the part's moving average of the weights
+    (`state.ema`), if any. The optimizer state is `state`'s own, converted
     (`optim.transplant`) when `state`'s optimizer covers the whole network with only the head
     trainable, so momentum carries over; `with_head` is the inverse.
 
@@ -82,19 +91,24 @@ def head_state(state: TrainState, tx: optax.GradientTransformation, part: str = 
     from .optim import transplant
     part_state = model_state(state, part)
     like = jax.eval_shape(tx.init, part_state.params)
+    ema = None if state.ema is None else model_state(state, part, ema=True).variables
     return TrainState(step=state.step, params=part_state.params,
                       batch_stats=part_state.batch_stats,
                       opt_state=transplant(state.opt_state, like), rng=state.rng,
-                      apply_fn=state.apply_fn, tx=tx)
+                      apply_fn=state.apply_fn, tx=tx, ema=ema)
 
 
 def with_head(state: TrainState, head: TrainState) -> TrainState:
     """`state` with the part trained in `head` (see `head_state`) put back: its params,
-    statistics, step counter, PRNG key and optimizer state (converted to `state`'s)."""
+    statistics, step counter, PRNG key, optimizer state (converted to `state`'s) and the
+    part's moving average of the weights, if any."""
     from .optim import transplant
+    ema = state.ema
+    if head.ema is not None:
+        ema = {k: {**state.ema[k], **head.ema[k]} for k in ('params', 'batch_stats')}
     return state.replace(step=head.step, params={**state.params, **head.params},
                          batch_stats={**state.batch_stats, **head.batch_stats}, rng=head.rng,
-                         opt_state=transplant(head.opt_state, state.opt_state))
+                         opt_state=transplant(head.opt_state, state.opt_state), ema=ema)
 
 
 def create_train_state(apply_fn: Callable, variables: dict, tx: optax.GradientTransformation,

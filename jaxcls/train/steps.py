@@ -20,6 +20,7 @@ jitted versions for the common case. Inference steps take anything with `apply_f
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Optional
 
 import jax
@@ -28,6 +29,7 @@ import optax
 
 from jaxcls import xla
 
+from . import recipe
 from .optim import HParams, set_hparams
 from .state import TrainState
 
@@ -35,7 +37,7 @@ Preprocess = Callable[[jax.Array], jax.Array]            # images -> float image
 Augment = Callable[[jax.Array, jax.Array], jax.Array]    # (key, images) -> float images
 
 # Salt folded into the per-step key to derive independent dropout and augmentation keys.
-_DROPOUT, _AUGMENT = 0, 1
+_DROPOUT, _AUGMENT, _MIX = 0, 1, 2
 
 
 def _check_batch(batch: Any) -> None:
@@ -99,6 +101,11 @@ def step_keys(rng: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jax.random.fold_in(k, _DROPOUT), jax.random.fold_in(k, _AUGMENT)
 
 
+def mix_key(rng: jax.Array, step: jax.Array) -> jax.Array:
+    """The MixUp/CutMix key of a step, folded like `step_keys` (a resumed run redraws it)."""
+    return jax.random.fold_in(jax.random.fold_in(rng, step), _MIX)
+
+
 def _keep_if_finite(value: jax.Array, state: TrainState, new_state: TrainState
                     ) -> tuple[TrainState, jax.Array]:
     """`new_state` when the loss and every changed parameter and statistic are finite, else
@@ -130,7 +137,8 @@ def _keep_if_finite(value: jax.Array, state: TrainState, new_state: TrainState
 
 def make_train_step(loss: str = 'softmax', preprocess: Optional[Augment] = None,
                     frozen: Any = None, model_kwargs: Optional[dict] = None,
-                    skip_nonfinite: bool = False
+                    skip_nonfinite: bool = False, *, mixup: float = 0.0, cutmix: float = 0.0,
+                    label_smoothing: float = 0.0, ema: float = 0.0, accumulate: int = 1
                     ) -> Callable[..., tuple[TrainState, dict]]:
     """Build a pure `train_step(state, batch, hparams=None) -> (state, metrics)`; jit it yourself.
 
@@ -147,6 +155,17 @@ def make_train_step(loss: str = 'softmax', preprocess: Optional[Augment] = None,
         infinite, return the state unchanged (only the step counter advances), so
         parameters never become NaN; the metrics then report a NaN loss for the caller
         to act on.
+      mixup, cutmix: MixUp's or CutMix's alpha (`jaxcls.train.recipe`; 0 is off): the
+        batch is mixed after `preprocess`, with keys from `mix_key(state.rng, state.step)`,
+        and the loss mixed accordingly.
+      label_smoothing: eps of label smoothing (0 is off).
+      ema: the decay of a moving average of the weights kept in `state.ema` (create it
+        with `state.replace(ema=recipe.init_ema(state.variables))`); at step t it moves
+        with `recipe.ema_decay(t, ema)`. 0 is off.
+      accumulate: the batch (of accumulate * B rows) is N micro-batches of B rows whose
+        gradients are summed into one update (`recipe.accumulate_gradients`).
+
+    With every recipe option off the step is exactly the plain one (the same program).
 
     The step's `hparams` (an `optim.HParams`: per-layer-group learning rate, momentum and
     weight decay, float32 arrays) are written into the optimizer state before the update
@@ -154,10 +173,20 @@ def make_train_step(loss: str = 'softmax', preprocess: Optional[Augment] = None,
     the rates the optimizer state holds.
 
     Metrics: 'loss' and 'accuracy' as means over the real (mask 1) rows, 'count' the
-    number of real rows.
+    number of real rows (the loss is the mixed and smoothed one the gradient is of; the
+    accuracy is against the batch's own labels).
     """
     loss_fn, correct_fn = _loss_fns(loss)
+    opts = recipe.Recipe(mixup, cutmix, label_smoothing, ema, accumulate)  # checks them
     kwargs = dict(model_kwargs or {})
+    if opts.label_smoothing:
+        train_loss = functools.partial(recipe.SMOOTHED[loss], eps=opts.label_smoothing)
+    else:
+        train_loss = loss_fn
+    if opts.mixes:
+        train_loss = functools.partial(recipe.mixed_loss, train_loss)
+    mix = (functools.partial(recipe.mixup, alpha=opts.mixup) if opts.mixup else
+           functools.partial(recipe.cutmix, alpha=opts.cutmix) if opts.cutmix else None)
 
     def train_step(state: TrainState, batch: dict, hparams: Optional[HParams] = None):
         if hparams is not None:
@@ -168,23 +197,46 @@ def make_train_step(loss: str = 'softmax', preprocess: Optional[Augment] = None,
         if preprocess is not None:
             images = preprocess(aug_key, images)
         mask = _mask(batch)
+        targets = batch['label']
+        if mix is not None:
+            images, targets = mix(mix_key(state.rng, state.step), images, targets)
 
-        def objective(params):
+        def forward(params, batch_stats, images, key):
             if frozen is not None:
                 params = jax.tree_util.tree_map(
                     lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
-            logits, updates = state.apply_fn(
-                {'params': params, 'batch_stats': state.batch_stats}, images, train=True,
-                rngs={'dropout': dropout_key}, mutable=['batch_stats'], **kwargs)
-            return _masked_mean(loss_fn(logits, batch['label']), mask), (logits, updates)
+            return state.apply_fn(
+                {'params': params, 'batch_stats': batch_stats}, images, train=True,
+                rngs={'dropout': key}, mutable=['batch_stats'], **kwargs)
 
-        (value, (logits, updates)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-        new_state = state.apply_gradients(grads, updates.get('batch_stats', state.batch_stats))
+        if opts.accumulate == 1:
+            def objective(params):
+                logits, updates = forward(params, state.batch_stats, images, dropout_key)
+                return _masked_mean(train_loss(logits, targets), mask), (logits, updates)
+
+            (value, (logits, updates)), grads = jax.value_and_grad(objective, has_aux=True)(
+                state.params)
+            batch_stats = updates.get('batch_stats', state.batch_stats)
+        else:
+            denom = jnp.maximum(jnp.sum(mask), 1.0)
+
+            def micro_loss(params, batch_stats, micro, key):
+                logits, updates = forward(params, batch_stats, micro['image'], key)
+                per_row = train_loss(logits, micro['target']) * micro['mask']
+                return jnp.sum(per_row) / denom, (logits, updates.get('batch_stats', batch_stats))
+
+            value, logits, batch_stats, grads = recipe.accumulate_gradients(
+                jax.value_and_grad(micro_loss, has_aux=True), opts.accumulate, state.params,
+                state.batch_stats, {'image': images, 'target': targets, 'mask': mask},
+                dropout_key, frozen)
+        new_state = state.apply_gradients(grads, batch_stats)
         if frozen is not None:
             # Frozen parameters come back as the very arrays that went in (their update is
             # zero): nothing of them is computed, checked or copied below.
             new_state = new_state.replace(params=jax.tree_util.tree_map(
                 lambda n, o, f: o if f else n, new_state.params, state.params, frozen))
+        if opts.ema:
+            new_state = new_state.replace(ema=_ema_step(state, new_state, opts.ema))
         if skip_nonfinite:
             new_state, ok = _keep_if_finite(value, state, new_state)
             value = jnp.where(ok, value, jnp.nan)
@@ -193,6 +245,16 @@ def make_train_step(loss: str = 'softmax', preprocess: Optional[Augment] = None,
         return new_state, metrics
 
     return train_step
+
+
+def _ema_step(state: TrainState, new_state: TrainState, decay: float) -> Any:
+    """The weights' moving average after a step (parameters and BatchNorm statistics)."""
+    if state.ema is None:
+        raise ValueError(f'the step keeps a moving average of the weights (ema={decay}) but '
+                         'state.ema is None; start one with '
+                         'state.replace(ema=jaxcls.train.recipe.init_ema(state.variables))')
+    return recipe.ema_update(state.ema, new_state.variables, recipe.ema_decay(state.step, decay),
+                             old=state.variables)
 
 
 def _images(batch: dict, preprocess: Optional[Preprocess]) -> jax.Array:
