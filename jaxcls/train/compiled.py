@@ -82,9 +82,13 @@ class LearnerSteps:
             raise ValueError(f'no step {kind!r}; the learner has {KINDS}')
         if kind == 'train' and learn.precompute:
             check_features(learn.recipe)  # MixUp and CutMix need images
+        # Steps on stored features (and on ready float images) read no transform: one step
+        # serves every image size (progressive resizing with precompute compiles nothing new).
+        on_features = kind in ('train', 'predict') and learn.precompute
+        tfms = None if on_features or kind == 'predict_float' else learn.data.tfms
         key = (kind, learn.trainable if kind == 'train' else None,
                learn.precompute if kind in ('train', 'predict') else None,
-               learn.bn_frozen, jnp.dtype(learn.dtype).name, learn.data.tfms,
+               learn.bn_frozen, jnp.dtype(learn.dtype).name, tfms,
                learn.recipe if kind == 'train' else None)
         if key not in self.compiled:
             shared = self._network() + key

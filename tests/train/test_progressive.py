@@ -39,6 +39,8 @@ def test_set_data_keeps_the_model_and_recomputes_precomputed_activations(sizes):
     assert not np.allclose(feats48, feats32)               # of the 48 px images, not the 32 px
     learn.fit(0.05, 1)
     assert learn.history[-1]['epoch'] == 1 and len(learn.history) == 2
+    # the head trains on features of the same shape at any image size: the same program
+    assert learn.steps.get('train') is head_step and head_step._cache_size() == n_compiled
     learn.set_data(sizes[32])                               # the body has not moved: the same
     assert np.array_equal(learn._features['train'], feats32)
     learn.fit(0.05, 1)                                      # and the same compiled step
