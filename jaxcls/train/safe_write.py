@@ -4,7 +4,8 @@ time, enough space before the first byte, and a new folder that replaces the old
 - `FolderLock(folder)`: an advisory lock (`flock`) on `.<name>.lock` beside the folder, with
   the holder's pid, host and command written in it; a second writer gets FolderBusyError
   naming that process instead of two writers racing in one folder. The kernel drops the lock
-  when its process dies, so a killed writer never leaves a folder locked.
+  when its process dies, so a killed writer never leaves a folder locked (only the empty
+  file, which the next lock reuses); a writer that finishes removes the file.
 - `check_space(folder, nbytes, what)`: NotEnoughSpaceError naming the bytes needed, the bytes
   free and where, before anything is written.
 - `replace_folder(new, final)`: the new folder takes the final name in one atomic step
@@ -179,14 +180,22 @@ class FolderLock:
             self._held[self.path] += 1
             return self
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise FolderBusyError(
+                    f'{self.folder} is being written by another process ({self._holder()}); '
+                    f'wait for it to finish, or write this {self.what} under another name'
+                ) from None
+            try:   # the holder before us removes the file as it lets go: lock the one in place
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
             os.close(fd)
-            raise FolderBusyError(
-                f'{self.folder} is being written by another process ({self._holder()}); '
-                f'wait for it to finish, or write this {self.what} under another name') from None
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({'pid': os.getpid(), 'host': socket.gethostname(),
                                  'command': ' '.join(sys.argv)[:200],
@@ -210,6 +219,10 @@ class FolderLock:
             return
         self._held.pop(self.path, None)
         if self._fd is not None:
+            try:                   # removed while still held: nothing is left beside the folder
+                os.remove(self.path)
+            except OSError:
+                pass
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
