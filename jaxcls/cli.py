@@ -282,8 +282,7 @@ def entry() -> None:
     """The `jaxcls` console script: :func:`main` under a SIGINT guard."""
     from jaxcls.interrupts import Guard
     with Guard() as guard:
-        status = main(guard=guard)
-    sys.exit(status)
+        guard.finish(main(guard=guard))
 
 
 if __name__ == '__main__':

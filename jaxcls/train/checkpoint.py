@@ -16,6 +16,7 @@ import glob
 import json
 import os
 import shutil
+import time
 import warnings
 from typing import Any, Optional
 
@@ -45,10 +46,23 @@ def saved_size(tree: Any) -> int:
         + _ORBAX_OVERHEAD
 
 
+# An interrupted save's writer threads may still create files for a moment: removing its
+# folder is retried this long (passes 20 ms apart) until it stays gone.
+_REMOVE_S = 0.5
+
+
 def remove_partial_write(path: str) -> None:
-    """Remove a folder Orbax was writing and its own temporary siblings."""
-    for p in [path] + glob.glob(glob.escape(path) + '.orbax-checkpoint-tmp*'):
-        shutil.rmtree(p, ignore_errors=True)
+    """Remove a folder Orbax was writing and its own temporary siblings, again until they
+    stay gone (see _REMOVE_S)."""
+    deadline, quiet = time.monotonic() + _REMOVE_S, 0
+    while quiet < 2 and time.monotonic() < deadline:
+        left = [path] + glob.glob(glob.escape(path) + '.orbax-checkpoint-tmp*')
+        left = [p for p in left if os.path.exists(p)]
+        for p in left:
+            shutil.rmtree(p, ignore_errors=True)
+        quiet = 0 if left else quiet + 1
+        if quiet < 2:
+            time.sleep(0.02)
 
 
 def save_checkpoint(folder: str, tree: Any, meta: dict, what: str = 'model') -> str:

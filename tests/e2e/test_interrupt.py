@@ -1,6 +1,7 @@
 """Ctrl-C in a real `jaxcls train` subprocess: exit status 130 within 2 s at every moment tried,
 one line saying what was saved, no partial file left, and `--resume` ends where an
 uninterrupted run ends, bit for bit."""
+import json
 import os
 import signal
 import subprocess
@@ -139,8 +140,12 @@ def test_the_guard_sweeps_partial_writes_and_says_what_was_saved(tmp_path):
     ck = tmp_path / 'ck'
     (ck / '12').mkdir(parents=True)
     (ck / '24.orbax-checkpoint-tmp-1712').mkdir()
+    (ck / '36.orbax-checkpoint-tmp').mkdir()            # Orbax 0.12's name: no number
     (tmp_path / f'train-18px.{os.getpid()}.ab12cd34.tmp.npy').write_bytes(b'partial')
     (tmp_path / 'someone-else.99999999.ab.tmp').write_bytes(b'not ours')
+    (tmp_path / f'.m.{os.getpid()}.0123abcd.tmp' / 'state').mkdir(parents=True)  # learn.save's
+    (tmp_path / '.m.lock').write_text(json.dumps({'pid': os.getpid()}))         # its lock
+    (tmp_path / '.n.lock').write_text(json.dumps({'pid': 99999999}))            # another's
     exits = []
     g = Guard(grace_s=0.2, exit_fn=exits.append)
     g.sweep = [str(ck), str(tmp_path)]
@@ -156,7 +161,7 @@ def test_the_guard_sweeps_partial_writes_and_says_what_was_saved(tmp_path):
             time.sleep(0.01)          # the watchdog exits after its grace period
     assert exits == [EXIT_INTERRUPTED] and 0.15 < time.time() - t0 < 0.2 + GRACE_S
     assert sorted(os.listdir(ck)) == ['12']
-    assert sorted(os.listdir(tmp_path)) == ['ck', 'someone-else.99999999.ab.tmp']
+    assert sorted(os.listdir(tmp_path)) == ['.n.lock', 'ck', 'someone-else.99999999.ab.tmp']
     assert remove_partial(str(tmp_path / 'missing')) == []
     assert g.say() == 'jaxcls: interrupted; the last complete checkpoint is step 12'
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
