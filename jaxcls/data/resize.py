@@ -15,10 +15,10 @@ large dataset for small training sizes then reads small files.
   interrupted resize continues where it stopped and a second call only checks (``resume=False``
   redoes every file). Each copy is written under a temporary name and renamed into place, so
   a copy is never a partial image.
-- **In parallel**: threads (Pillow releases the GIL while it decodes, resamples and encodes,
-  not while it opens a file), or on 4 cores and more for 2,000 files and more worker
-  processes (one GIL each, :mod:`jaxcls.data.decode_procs`). ``python bench/bench_resize.py``
-  measures both against one thread.
+- **In parallel**: for 2,000 files and more, one worker process per core (one GIL each,
+  :mod:`jaxcls.data.decode_procs`), as decoding does; for fewer, threads (Pillow releases the
+  GIL while it decodes, resamples and encodes, not while it opens a file), as the processes'
+  start is not won back. ``python bench/bench_resize.py`` measures both against one thread.
 - **Bad files** are skipped and reported as ``from_paths`` reports them: listed in the
   returned data's ``skipped`` with the reason, one SkippedImagesWarning (``on_bad='raise'``:
   BadImageError naming them all). Files the data object had already skipped are not in it,
@@ -38,12 +38,13 @@ from jaxcls.data.items import Layout, SplitItems
 __all__ = ['PROCESS_MIN_FILES', 'PROCESS_MIN_WORKERS', 'Resized', 'resize_files',
            'resized_layout']
 
-#: Worker processes from this many files and this many workers up, else threads. On 2 cores
-#: two threads wrote 735 copies/s and two processes 629 (2,000 files; a process's start costs
-#: 0.2-0.3 s of CPU): the GIL is held for a small part of a resize. Threads stop scaling past
-#: a few cores (decoding on 16 cores: 4 threads 3.2x one, 8 threads 4.3x; bench/README.md).
+#: Worker processes from this many files and this many workers up, else threads (a process's
+#: start costs 0.2-0.3 s of CPU, which small jobs do not repay). On 2 idle cores, 2,000
+#: 500x375 JPEGs to 128 px: two processes 1.81-2.12x one thread, two threads 1.55-1.59x
+#: (`python bench/bench_resize.py`; the GIL is held for part of each resize); threads stop
+#: scaling past a few cores anyway (decoding on 16 cores: 8 threads 4.3x one; bench/README.md).
 PROCESS_MIN_FILES = 2000
-PROCESS_MIN_WORKERS = 4
+PROCESS_MIN_WORKERS = 2
 
 
 @dataclass
