@@ -64,8 +64,7 @@ def functional_fit(path, arch=resnet34, sz=224, bs=64, seed=0, pretrained=True):
 
     # fit(0.01, 3): the head alone (the state without its body), on the features.
     head = head_state(state, layer_group_sgd({'head': labels['head']}, head_only))
-    step = jit(make_train_step('softmax', None, None, HEAD_ONLY, skip_nonfinite=True),
-               donate_argnums=0)
+    step = jit(make_train_step('softmax', None, None, HEAD_ONLY), donate_argnums=0)
     epochs, table = fit_schedule([0.01] * 3, 3, len(loader))   # one rate per layer group
     head, epoch = train(step, head, loader, table, epochs, epoch=0)
     state = with_head(state, head)
@@ -73,8 +72,7 @@ def functional_fit(path, arch=resnet34, sz=224, bs=64, seed=0, pretrained=True):
     # unfreeze(); fit([1e-4, 1e-3, 1e-2], 3, cycle_len=1, cycle_mult=2): every layer, on
     # images augmented on the device inside the step, SGDR rates, a fresh optimizer.
     state = replicate(state.with_tx(layer_group_sgd(labels, (True, True, True))), data.trn_dl.mesh)
-    step = jit(make_train_step('softmax', partial(augment, cfg=trn_tfms), skip_nonfinite=True),
-               donate_argnums=0)
+    step = jit(make_train_step('softmax', partial(augment, cfg=trn_tfms)), donate_argnums=0)
     epochs, table = fit_schedule(np.array([1e-4, 1e-3, 1e-2]), 3, len(data.trn_dl),
                                  cycle_len=1, cycle_mult=2)
     state, epoch = train(step, state, data.trn_dl, table, epochs, epoch)

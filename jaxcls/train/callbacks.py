@@ -222,10 +222,10 @@ class DivergenceGuard(Callback):
     """Raise TrainingDiverged when a step's loss is not finite, with the fit back at its last
     good snapshot.
 
-    Each loss is read one step late, while the next step runs, so no step waits for it. A
-    step with a non-finite loss leaves the state unchanged (`skip_nonfinite`), but the steps
-    just before it have usually driven the weights to finite yet useless values (1e14 and
-    more, which no lower rate recovers from). So the guard keeps a host copy of the state at
+    Each loss is read one step late, while the next step runs, so no step waits for it. By
+    then the weights are NaN, and the steps before have usually driven them to finite yet
+    useless values anyway (1e14 and more, which no lower rate recovers from; the in-step
+    `skip_nonfinite` guard only stopped the NaN). So the guard keeps a host copy of the state at
     the start of the fit and at the end of every epoch whose losses were all finite, and puts
     that snapshot (parameters, BatchNorm statistics, optimizer state, step, data epoch) back
     before it raises: a new fit at a sane rate trains as from there. Copying a ResNet34's

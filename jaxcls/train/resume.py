@@ -271,6 +271,8 @@ class ModelCheckpoint(Callback):
                              'the running loop); '
                              'use learn.save(name) to save a model outside one')
         step = int(p.step)
+        if p.metrics is not None and not math.isfinite(float(p.metrics['loss'])):
+            return False  # a diverged step: the guard rolls the fit back at the next batch
         self.wait()
         mngr = self.manager
         if step in mngr.all_steps():

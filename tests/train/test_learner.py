@@ -13,6 +13,7 @@ from jaxcls import ImageClassifierData, tfms_from_model, transforms_side_on
 from jaxcls.train.callbacks import Callback
 from jaxcls.train.learner import TrainingDiverged
 from jaxcls.train.optim import get_group_hyperparams
+from jaxcls.train.resume import ModelCheckpoint
 
 from helpers import SZ, TINY, FastaiCosAnneal, learner, make_folder, params_copy, trees_equal
 
@@ -293,13 +294,21 @@ def test_pretrained_in_bfloat16_precomputes_once_in_bfloat16(tmp_path):
         learner(data, dtype='half')
 
 
-def test_divergence_names_the_step_and_rate_and_leaves_a_working_model(data):
+def test_divergence_names_the_step_and_rate_and_leaves_a_working_model(data, tmp_path):
     learn = learner(data, precompute=True)
     before = jax.tree_util.tree_map(np.asarray, learn.state)
+    ck = ModelCheckpoint(tmp_path / 'ck', every_steps=1, keep=None)
     with pytest.raises(TrainingDiverged, match='iteration [0-9]+ .*learning rates \\[1e\\+12, '
                                                '1e\\+12, 1e\\+12\\].*back at its state of the '
                                                'start of this fit.*lr_find'):
-        learn.fit(1e12, 1)
+        learn.fit(1e12, 1, checkpoint=ck)
+    # no checkpoint holds a diverged step: each saved one is finite (the NaN one was skipped)
+    assert ck.steps() and len(ck.steps()) < len(data.trn_dl)
+    other = learner(data, precompute=True)
+    for step in ck.steps():
+        other.restore_checkpoint(ck, step)
+        assert all(np.isfinite(np.asarray(a)).all() for a in jax.tree_util.tree_leaves(
+            other.state.params))
     # every variable is the snapshot the fit started from (not the last finite but blown-up
     # step: at 1e12 those weights are ~1e14 and nothing recovers from them) ...
     after = jax.tree_util.tree_map(np.asarray, learn.state)
