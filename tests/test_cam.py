@@ -108,11 +108,12 @@ def test_constant_image_gives_a_constant_map_away_from_the_padding():
 def test_heatmap_mass_lands_on_the_square(tmp_path):
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'bench'))
     from cam_localization import measure
-    r = measure('colour', n_train=600, n_valid=100, epochs=3, path=str(tmp_path))
+    r = measure('colour', n_train=300, n_valid=100, epochs=4, path=str(tmp_path))
     # The square's colour is the class; 24 px squares in 64 px noise are 14% of the area.
-    # Measured: accuracy 1.0, median 52% of the heatmap inside the square (0.49 with a
-    # half-pixel resize). The target is 60%; this asserts 3x chance and the gain
-    # from placing cells on their receptive fields.
+    # Measured: accuracy 1.0, median 53% of the heatmap inside the square (0.48 with a
+    # half-pixel resize; 600 images for 3 epochs gave 0.56 / 0.49 in twice the time). The
+    # issue's target is 60%; this asserts 3x chance and the gain from placing cells on their
+    # receptive fields.
     assert r['accuracy'] >= 0.95
     assert r['median'] >= 3 * r['chance']
     assert r['median'] > r['median_plain_resize']
