@@ -19,7 +19,7 @@ from jaxcls.models.resnet import ResNet
 def tiny_net(head=None, pool=True):
     net = ConvNet(ResNet((1, 1, 1), 'basic', None), head or Head(3), pool=pool)
     k = jax.random.PRNGKey(0)
-    v = net.init({'params': k, 'dropout': k}, jnp.zeros((1, 64, 64, 3)))
+    v = jax.jit(net.init)({'params': k, 'dropout': k}, jnp.zeros((1, 64, 64, 3)))
     # Non-trivial BatchNorm statistics so the head is not the identity.
     v = jax.tree_util.tree_map_with_path(
         lambda p, a: a + 0.1 * jax.random.normal(jax.random.PRNGKey(len(str(p))), a.shape)
@@ -30,7 +30,7 @@ def tiny_net(head=None, pool=True):
 def test_gradcam_weights_equal_finite_differences():
     net, v = tiny_net()
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 64, 64, 3))
-    fmap = net.apply(v, x, method=ConvNet.feature_map)
+    fmap = jax.jit(lambda v, x: net.apply(v, x, method=ConvNet.feature_map))(v, x)
     cls = jnp.array([0, 2])
     w = np.asarray(gradcam_weights(net, v, fmap, cls))
     hw = fmap.shape[1] * fmap.shape[2]
@@ -57,7 +57,7 @@ def test_gradcam_equals_cam_for_a_linear_head():
     net, v = tiny_net(AvgLinear(), pool=False)
     x = jax.random.normal(jax.random.PRNGKey(2), (3, 64, 64, 3))
     low, up = class_activation_map(net, v, x, jnp.array([0, 1, 2]))
-    fmap = net.apply(v, x, method=ConvNet.feature_map)
+    fmap = jax.jit(lambda v, x: net.apply(v, x, method=ConvNet.feature_map))(v, x)
     ref = cam(fmap, v['params']['head']['fc']['kernel'], jnp.array([0, 1, 2]))
     np.testing.assert_allclose(low, ref, rtol=1e-4, atol=1e-5)
 
@@ -78,9 +78,10 @@ def test_upsampled_cells_sit_on_their_receptive_fields():
     net, v = tiny_net()
     x = jax.random.normal(jax.random.PRNGKey(5), (1, 128, 128, 3))
     fmap = lambda x: net.apply(v, x, method=ConvNet.feature_map)
-    assert fmap(x).shape[1:3] == (8, 8) and feature_stride(128, 8) == 16
+    assert jax.eval_shape(fmap, x).shape[1:3] == (8, 8) and feature_stride(128, 8) == 16
+    grad = jax.jit(jax.grad(lambda x, i, j: jnp.abs(fmap(x)[0, i, j]).sum()))
     for i, j in [(4, 4), (3, 5)]:   # cells whose receptive field lies inside the image
-        g = jax.grad(lambda x: jnp.abs(fmap(x)[0, i, j]).sum())(x)
+        g = grad(x, i, j)
         a = np.abs(np.asarray(g[0])).sum(-1)
         centroid = [(a.sum(1 - ax) * np.arange(128)).sum() / a.sum() for ax in (0, 1)]
         # Centred on pixel 16*i (measured 64.6, 64.1 and 48.6, 79.7), where a half-pixel

@@ -162,8 +162,9 @@ class LossRecorder(Callback):
         self.its.append(loop.last_iteration)
 
     def after_train(self, loop):
-        import jax.numpy as jnp
-        raw = np.asarray(jnp.stack(self.losses)) if self.losses else np.zeros(0)
+        import jax
+        # one transfer of the epoch's device scalars (jnp.stack compiled anew per length)
+        raw = np.asarray(jax.device_get(self.losses), np.float32).reshape(-1)
         smoothed, self.ema = smooth(raw, start=self.ema)
         its = np.asarray(self.its, np.int64)
         self.rec.record(loop.schedule.lr[its, -1], smoothed, loop.schedule.momentum[its, -1])

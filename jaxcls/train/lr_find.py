@@ -94,7 +94,6 @@ def run(learn, start_lr: Any = 1e-5, end_lr: float = 10, wds: Any = None, linear
     """`ConvLearner.lr_find`: rates from start_lr to end_lr over one epoch (or num_it batches)
     on a copy of the learner's state; returns the suggestions and leaves them in learn.sched."""
     import jax
-    import jax.numpy as jnp
     from . import memory as mem
     from .loop import Loop
     from .schedules import lr_find_schedule
@@ -104,7 +103,7 @@ def run(learn, start_lr: Any = 1e-5, end_lr: float = 10, wds: Any = None, linear
     table = lr_find_schedule(start, end_lr, nb, linear,
                              per_group(0.0 if wds is None else wds, learn.n_groups, 'wds'))
     # A copy: the step donates its input, and the learner's own arrays stay as they are.
-    state = learn.steps.fit_view(learn._place(jax.tree_util.tree_map(jnp.copy, learn.steps.fresh_state())))
+    state = learn.steps.fit_view(learn._place(jax.device_put(learn.steps.fresh_state(), may_alias=False)))
     finder = LRFinder(stop_div)
     per_epoch = len(learn._train_loader(learn.epoch))
     callbacks = [finder] + ([] if learn.quiet else [ProgressBar(nb, 'lr_find')])

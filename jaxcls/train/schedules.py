@@ -136,9 +136,11 @@ def lr_range(start_lr: float, end_lr: float, num_it: int, linear: bool = False) 
 
 
 def table(schedule: Schedule, n: int) -> np.ndarray:
-    """The schedule's first n values as a float32 numpy array (evaluated once, on the host)."""
+    """The schedule's first n values as a float32 numpy array, evaluated once by one jitted
+    program. (Run op by op, the dozen jnp operations of a schedule each compiled on their
+    own for every new n: 0.9 s for a fit's three tables, against 0.2 s jitted.)"""
     import jax
-    return np.asarray(jax.vmap(schedule)(jnp.arange(n)), np.float32)
+    return np.asarray(jax.jit(jax.vmap(schedule))(jnp.arange(n)), np.float32)
 
 
 def hparams_table(lr: np.ndarray, momentum=MOMENTUM_DEFAULT, weight_decay=0.0) -> HParams:

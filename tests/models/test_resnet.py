@@ -71,8 +71,8 @@ def test_body_and_head_share_parameters():
     np.testing.assert_array_equal(variables['params']['conv1']['kernel'],
                                   body_vars['params']['conv1']['kernel'])
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
-    feats = body.apply(body_vars, x)
-    logits = model.apply(variables, x)
+    feats = jax.jit(body.apply)(body_vars, x)   # jitted: one program, not one per op
+    logits = jax.jit(model.apply)(variables, x)
     ref = feats.mean((1, 2)) @ variables['params']['fc']['kernel'] + variables['params']['fc']['bias']
     np.testing.assert_allclose(logits, ref, rtol=1e-5, atol=1e-5)
 
@@ -91,7 +91,7 @@ def test_init_statistics_follow_torchvision():
 def test_bfloat16_compute_keeps_float32_params():
     model, v = build('resnet18', num_classes=3, dtype=jnp.bfloat16)
     assert v['params']['conv1']['kernel'].dtype == jnp.float32
-    out = model.apply(v, jnp.ones((1, 32, 32, 3)))
+    out = jax.jit(model.apply)(v, jnp.ones((1, 32, 32, 3)))
     assert out.dtype == jnp.bfloat16
 
 

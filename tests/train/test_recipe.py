@@ -185,7 +185,7 @@ def test_accumulation_with_batchnorm_in_train_mode_normalises_each_micro_batch()
             logits, upd = model.apply({'params': p, 'batch_stats': stats}, rows['image'],
                                       train=True, mutable=['batch_stats'])
             return jnp.sum(softmax_loss(logits, rows['label']) * rows['mask']) / denom, upd
-        (_, upd), g = jax.value_and_grad(loss, has_aux=True)(params)
+        (_, upd), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
         stats = upd['batch_stats']
         grads = g if grads is None else jax.tree_util.tree_map(jnp.add, grads, g)
     expect = jax.tree_util.tree_map(lambda p, g: p - 0.1 * g, params, grads)
