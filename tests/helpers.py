@@ -86,6 +86,28 @@ def lowerings():
         jax.monitoring.unregister_event_duration_listener(listen)
 
 
+@contextlib.contextmanager
+def cache_use():
+    """(name, served from XLA's persistent cache?) of each program compiled in the block,
+    e.g. ('jit(train_step)', True). jax reports the cache's hit or miss just before the
+    compile's duration event, which carries the name."""
+    used, last = [], []
+    listen_hit = lambda event, **kw: last.append(event.endswith('/cache_hits')) if event in (
+        '/jax/compilation_cache/cache_hits', '/jax/compilation_cache/cache_misses') else None
+
+    def listen(event, duration, **kw):
+        if event == '/jax/core/compile/backend_compile_duration':
+            used.append((kw.get('fun_name'), bool(last and last[-1])))
+            last.clear()
+    jax.monitoring.register_event_listener(listen_hit)
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        yield used
+    finally:
+        jax.monitoring.unregister_event_listener(listen_hit)
+        jax.monitoring.unregister_event_duration_listener(listen)
+
+
 def learner(data, **kw):
     return ConvLearner.pretrained(TINY, data, pretrained=False, quiet=True, **kw)
 

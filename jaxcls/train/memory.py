@@ -221,7 +221,9 @@ def _step_bytes_of(learn, bs: int, trainable: tuple, precompute: bool, dl) -> in
         batch = {'image': image,
                  'label': jax.ShapeDtypeStruct((bs,) + tuple(y.shape[1:]), y.dtype, sharding=shard),
                  'mask': jax.ShapeDtypeStruct((bs,), 'float32', sharding=shard)}
-        group = jax.ShapeDtypeStruct((learn.n_groups,), 'float32', sharding=rep)
+        # Unplaced, as the loop's numpy rows are: then this program is the one `fit` runs, and
+        # XLA's persistent cache hands the compiled step to the fit that follows.
+        group = jax.ShapeDtypeStruct((learn.n_groups,), 'float32')
         from .optim import HParams
         return step_bytes(fn.lower(state, batch, HParams(group, group, group)).compile())
 

@@ -9,7 +9,7 @@ from jaxcls import ConvLearner, ImageClassifierData, tfms_from_model
 from jaxcls.train.memory import (BatchSizeChoice, OutOfDeviceMemory, choose_batch_size,
                                  device_budget)
 
-from helpers import TINY, learner, params_copy, trees_equal
+from helpers import TINY, cache_use, learner, params_copy, trees_equal
 
 
 @pytest.fixture(scope='module')
@@ -125,5 +125,9 @@ def test_a_step_over_mem_budget_is_refused_with_the_batch_size_that_fits(data):
         learn.lr_find(num_it=2)
     assert trees_equal(before, params_copy(learn)) and learn.progress is None
     learn.set_bs(8)
-    learn.fit(1e-2, 1)                                     # no restart needed
+    with cache_use() as used:
+        learn.fit(1e-2, 1)                                 # no restart needed
+    # ... without compiling the step again: the program judged at bs=8 is the one it runs
+    # (the validation step, not judged, was compiled or served by the cache: the listener works)
+    assert ('jit(train_step)', False) not in used and 'jit(predict_step)' in dict(used), used
     assert int(learn.state.step) == 5                      # 40 images, bs 8
