@@ -12,11 +12,8 @@ folder, the part and the fix, with Orbax's or TensorStore's own error chained.
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import os
-import shutil
-import time
 import warnings
 from typing import Any, Optional
 
@@ -24,7 +21,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from . import safe_write as sw
-from .integrity import (DamagedModelError, ModelFileError, NotEnoughSpaceError, digest_item,
+from .integrity import (DamagedModelError, ModelFileError, digest_item,
                         leaf_paths, verify_json, verify_tree)
 
 # Orbax's OCDBT files hold the arrays (zstd level 1: float weights barely shrink, so their
@@ -46,25 +43,6 @@ def saved_size(tree: Any) -> int:
         + _ORBAX_OVERHEAD
 
 
-# An interrupted save's writer threads may still create files for a moment: removing its
-# folder is retried this long (passes 20 ms apart) until it stays gone.
-_REMOVE_S = 0.5
-
-
-def remove_partial_write(path: str) -> None:
-    """Remove a folder Orbax was writing and its own temporary siblings, again until they
-    stay gone (see _REMOVE_S)."""
-    deadline, quiet = time.monotonic() + _REMOVE_S, 0
-    while quiet < 2 and time.monotonic() < deadline:
-        left = [path] + glob.glob(glob.escape(path) + '.orbax-checkpoint-tmp*')
-        left = [p for p in left if os.path.exists(p)]
-        for p in left:
-            shutil.rmtree(p, ignore_errors=True)
-        quiet = 0 if left else quiet + 1
-        if quiet < 2:
-            time.sleep(0.02)
-
-
 def save_checkpoint(folder: str, tree: Any, meta: dict, what: str = 'model') -> str:
     """Write `tree` (a pytree of arrays), `meta` (JSON-able) and their digest to `folder`,
     replacing what is there only once the new folder is complete (see the module docstring).
@@ -72,25 +50,11 @@ def save_checkpoint(folder: str, tree: Any, meta: dict, what: str = 'model') -> 
     the disk is too full (nothing is left behind either way)."""
     folder = os.path.abspath(os.fspath(folder))
     os.makedirs(os.path.dirname(folder), exist_ok=True)
-    with sw.FolderLock(folder, what):
-        sw.recover(folder)
-        sw.sweep_stale(folder)
-        sw.check_space(folder, saved_size(tree), f'the {what}')
-        digest = digest_item({'state': tree}, {'meta': meta})
-        tmp = sw.temp_name(folder)
-        try:
-            _checkpointer().save(tmp, ocp.args.Composite(
-                state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta),
-                digest=ocp.args.JsonSave(digest)))
-        except BaseException as e:
-            remove_partial_write(tmp)
-            if sw.is_out_of_space(e):
-                raise NotEnoughSpaceError(
-                    f'the disk filled up while saving the {what} to {folder}; nothing was '
-                    f'written (the previous {what} there, if any, is unchanged). Free some space '
-                    'and save again') from e
-            raise
-        sw.replace_folder(tmp, folder)
+    digest = digest_item({'state': tree}, {'meta': meta})
+    with sw.replacing(folder, saved_size(tree), what) as tmp:
+        _checkpointer().save(tmp, ocp.args.Composite(
+            state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta),
+            digest=ocp.args.JsonSave(digest)))
     return folder
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from jaxcls.models.weight_files import read_safetensors, write_safetensors
 
 from . import safe_write as sw
-from .integrity import (DamagedModelError, ModelFileError, NotEnoughSpaceError, digest_item,
+from .integrity import (DamagedModelError, ModelFileError, digest_item,
                         leaf_paths, verify_json, verify_tree)
 
 __all__ = ['MARKER', 'EXPORT_FORMAT', 'write_export', 'read_export', 'read_export_meta']
@@ -47,23 +47,9 @@ def write_export(fname: str, variables: dict, meta: dict) -> str:
     metadata = {'format': MARKER, 'version': str(EXPORT_FORMAT),
                 'meta': json.dumps(meta), 'digest': json.dumps(digest)}
     os.makedirs(os.path.dirname(fname), exist_ok=True)
-    with sw.FolderLock(fname, 'model file'):
-        sw.sweep_stale(fname)
-        sw.check_space(fname, sum(a.nbytes for a in arrays.values()) + (1 << 20),
-                       'the exported model')
-        tmp = sw.temp_name(fname)
-        try:
-            with open(tmp, 'wb') as f:
-                write_safetensors(f, arrays, metadata)
-        except BaseException as e:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            if sw.is_out_of_space(e):
-                raise NotEnoughSpaceError(f'the disk filled up while exporting to {fname}; '
-                                          'nothing was written. Free some space and export '
-                                          'again') from e
-            raise
-        os.replace(tmp, fname)
+    nbytes = sum(a.nbytes for a in arrays.values()) + (1 << 20)   # + the JSON metadata
+    with sw.replacing(fname, nbytes, 'exported model') as tmp, open(tmp, 'wb') as f:
+        write_safetensors(f, arrays, metadata)
     return fname
 
 

@@ -13,14 +13,19 @@ time, enough space before the first byte, and a new folder that replaces the old
   that finds only the old one under its temporary name puts it back: `recover`), and only
   then is the old one removed. A kill at any moment leaves the old or the new model under the
   name, never neither.
+- `replacing(final, nbytes, what)`: all of the above around one write: `with replacing(...)
+  as tmp:` write the new file or folder to `tmp`; it replaces `final` when the block ends, and
+  is removed when the block raises (a full disk becoming NotEnoughSpaceError).
 - `temp_name(final)` / `sweep_stale(final)`: the temporary names (`.<name>.<pid>.<hex>.tmp`)
   and the removal of those left by dead processes (the Ctrl-C guard of the command removes
   this process's own: jaxcls.interrupts.remove_partial).
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
+import glob
 import fcntl
 import json
 import os
@@ -34,8 +39,8 @@ from typing import Optional
 
 from .integrity import FolderBusyError, NotEnoughSpaceError
 
-__all__ = ['FolderLock', 'check_space', 'replace_folder', 'recover', 'temp_name', 'sweep_stale',
-           'is_out_of_space']
+__all__ = ['FolderLock', 'check_space', 'replace_folder', 'replacing', 'recover', 'remove_temp',
+           'temp_name', 'sweep_stale', 'is_out_of_space']
 
 _RENAME_EXCHANGE = 2           # linux/fs.h
 _AT_FDCWD = -100
@@ -118,8 +123,11 @@ def _exchange(a: str, b: str) -> bool:
 
 
 def replace_folder(new: str, final: str) -> None:
-    """Give the complete folder `new` the name `final`, replacing what is there in one step,
-    then remove the old one (see the module docstring)."""
+    """Give the complete folder (or file) `new` the name `final`, replacing what is there in
+    one step, then remove the old one (see the module docstring)."""
+    if os.path.isfile(new):
+        os.replace(new, final)                  # one step for a file everywhere
+        return
     if not os.path.exists(final):
         os.rename(new, final)
         return
@@ -130,6 +138,56 @@ def replace_folder(new: str, final: str) -> None:
     os.rename(final, old)
     os.rename(new, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+# A write cut short (an exception, Ctrl-C) may leave writer threads (Orbax's) that create
+# files for a moment more: removing its temporary folder is retried this long, passes 20 ms
+# apart, until it stays gone.
+_REMOVE_S = 0.5
+
+
+def remove_temp(path: str) -> None:
+    """Remove an unfinished write: the file or folder `path` and Orbax's own temporary
+    siblings of it, again until they stay gone (see _REMOVE_S)."""
+    deadline, quiet = time.monotonic() + _REMOVE_S, 0
+    while quiet < 2 and time.monotonic() < deadline:
+        left = [path] + glob.glob(glob.escape(path) + '.orbax-checkpoint-tmp*')
+        left = [p for p in left if os.path.lexists(p)]
+        for p in left:
+            if os.path.isdir(p) and not os.path.islink(p):
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.remove(p)
+        quiet = 0 if left else quiet + 1
+        if quiet < 2:
+            time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def replacing(final: str, nbytes: int, what: str):
+    """`with replacing(final, nbytes, 'model') as tmp:` write the new version of the file or
+    folder `final` to `tmp`. One writer at a time (FolderLock), `nbytes` checked against the
+    free space first, what dead writers left swept; when the block ends `tmp` replaces
+    `final` in one step, and when it raises `tmp` is removed and `final` is as it was (a full
+    disk raises NotEnoughSpaceError)."""
+    final = os.path.abspath(os.fspath(final))
+    with FolderLock(final, what):
+        recover(final)
+        sweep_stale(final)
+        check_space(final, nbytes, f'the {what}')
+        tmp = temp_name(final)
+        try:
+            yield tmp
+        except BaseException as e:
+            remove_temp(tmp)
+            if is_out_of_space(e):
+                raise NotEnoughSpaceError(
+                    f'the disk filled up while writing the {what} to {final}; nothing was '
+                    f'written (the previous {what} there, if any, is unchanged). Free some '
+                    'space and save again') from e
+            raise
+        replace_folder(tmp, final)
 
 
 def check_space(folder: str, nbytes: int, what: str) -> None:

@@ -157,6 +157,9 @@ def test_a_full_disk_is_refused_cleaned_up_and_resumed_from(tmp_path, small_disk
     with pytest.raises(NotEnoughSpaceError, match='filled up while writing a checkpoint'):
         learner(data, precompute=True).fit(0.05, 2, checkpoint=ModelCheckpoint(ckdir))
     assert os.listdir(ckdir) == [] or all(n.isdigit() for n in os.listdir(ckdir))
+    with pytest.raises(NotEnoughSpaceError, match=rf'filled up while writing the model to {mnt}/m;'):
+        ck.save_checkpoint(str(mnt / 'm'), learn.state.params, {'k': 1})   # a model, likewise
+    assert [n for n in os.listdir(mnt) if not n.startswith('.ck')] == ['ck']
     # 3. once there is room, the same call with resume=True trains to the end
     resize('size=256m,nr_inodes=10000')
     again = learner(data, precompute=True)
