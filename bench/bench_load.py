@@ -33,7 +33,7 @@ def main() -> None:
     import jax
     from jaxcls.models import resnet34
     from jaxcls.train import checkpoint as ckpt
-    from jaxcls.train.integrity import tree_digest, verify_tree
+    from jaxcls.train.integrity import tree_digest, verify_shapes, verify_tree
     from jaxcls.train.optim import sgd
     from jaxcls.train.state import create_train_state
 
@@ -66,7 +66,7 @@ def main() -> None:
             restored = ckpt.load_checkpoint(folder, tree, verify=False)
             t = time.perf_counter()
             digest = ckpt.read_digest(folder)
-            ckpt.verify_shapes(tree, digest, folder)
+            verify_shapes(tree, digest, folder)
             verify_tree(restored, digest, folder, 'state')
             check.append(time.perf_counter() - t)
     m_on, m_off, m_check = statistics.median(on), statistics.median(off), statistics.median(check)

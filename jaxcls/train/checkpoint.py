@@ -21,8 +21,8 @@ import jax
 import orbax.checkpoint as ocp
 
 from . import safe_write as sw
-from .integrity import (DamagedModelError, ModelFileError, digest_item,
-                        leaf_paths, verify_json, verify_tree)
+from .integrity import (DamagedModelError, ModelFileError, digest_item, verify_json,
+                        verify_shapes, verify_tree)
 
 # Orbax's OCDBT files hold the arrays (zstd level 1: float weights barely shrink, so their
 # raw bytes are the bound) plus about 0.1 MiB of metadata for a ResNet34 (_METADATA,
@@ -149,19 +149,3 @@ def load_checkpoint(folder: str, target: Optional[Any] = None, verify: bool = Tr
     state = _restore(folder, 'arrays (state)', state=restore)['state']
     verify_tree(state, digest, folder, 'state')
     return state
-
-
-def verify_shapes(target: Any, digest: dict, folder: str, item: str = 'state') -> None:
-    """ModelFileError naming the first array whose saved shape or dtype differs from
-    `target`'s, before anything is restored."""
-    saved = digest['arrays'].get(item, {})
-    for p, t in leaf_paths(target):
-        s = saved.get(p)
-        if s is None:
-            raise ModelFileError(f"{folder} has no array '{item}/{p}': it was saved from another "
-                                 'network; load it into a learner built the same way')
-        if list(t.shape) != list(s['shape']) or jax.numpy.dtype(t.dtype).name != s['dtype']:
-            raise ModelFileError(
-                f"{folder}: array '{item}/{p}' was saved as {s['dtype']}{list(s['shape'])}, and "
-                f'this network needs {jax.numpy.dtype(t.dtype).name}{list(t.shape)}; load it into '
-                'a learner built the same way')

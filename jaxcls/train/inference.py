@@ -26,7 +26,7 @@ from jaxcls.models.resnet import ResNet
 from . import checkpoint as ckpt
 from . import export
 from . import modelfile
-from .integrity import tree_shapes
+from .integrity import tree_shapes, verify_shapes
 
 
 class Predictor:
@@ -67,7 +67,7 @@ class Predictor:
         target = {'params': shapes['params'], 'batch_stats': shapes['batch_stats']}
         restored = export.read_export(folder)[1] if os.path.isfile(folder) else \
             ckpt.load_checkpoint(folder)
-        ckpt.verify_shapes(target, {'arrays': {'state': tree_shapes(
+        verify_shapes(target, {'arrays': {'state': tree_shapes(
             {k: restored[k] for k in target})}}, folder)
         variables = {k: jax.tree_util.tree_map(lambda t, a: jnp.asarray(a, t.dtype), target[k],
                                                restored[k]) for k in target}

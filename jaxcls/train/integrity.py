@@ -25,7 +25,7 @@ import xxhash
 
 __all__ = ['ModelFileError', 'DamagedModelError', 'FolderBusyError', 'NotEnoughSpaceError',
            'DIGEST_VERSION', 'tree_digest', 'json_digest', 'verify_tree', 'verify_json',
-           'digest_item', 'leaf_paths', 'tree_shapes']
+           'verify_shapes', 'digest_item', 'leaf_paths', 'tree_shapes']
 
 DIGEST_VERSION = 1
 ALGORITHM = 'xxh3_128'
@@ -145,15 +145,31 @@ def verify_tree(tree: Any, digest: Optional[dict], folder: str, item: str,
         want = recorded.get(p)
         if want is None:
             raise _damaged(folder, f"'{item}/{p}' is not among the arrays it was saved with", fix)
-        if list(a.shape) != list(want['shape']) or a.dtype.name != want['dtype']:
-            raise ModelFileError(
-                f"{folder}: array '{item}/{p}' is {a.dtype.name}{list(a.shape)} where it was saved "
-                f"as {want['dtype']}{list(want['shape'])}; it was written for another network. "
-                'Load it into a learner built the same way')
+        _check_shape(folder, item, p, want, a.shape, a.dtype.name)
     for (p, a), h in zip(pairs, _hash_arrays([a for _, a in pairs])):
         if h != recorded[p]['hash']:
             raise _damaged(folder, f"the bytes of array '{item}/{p}' {a.dtype.name}"
                                    f"{list(a.shape)} differ from those saved", fix)
+
+
+def verify_shapes(target: Any, digest: dict, folder: str, item: str = 'state') -> None:
+    """ModelFileError naming the first array of `target` (the network to load into) that
+    `digest` does not list, or lists with another shape or dtype: checked before anything is
+    restored."""
+    saved = digest['arrays'].get(item, {})
+    for p, t in leaf_paths(target):
+        if p not in saved:
+            raise ModelFileError(f"{folder} has no array '{item}/{p}': it was saved from another "
+                                 'network; load it into a learner built the same way')
+        _check_shape(folder, item, p, saved[p], t.shape, np.dtype(t.dtype).name)
+
+
+def _check_shape(folder: str, item: str, path: str, saved: dict, shape, dtype: str) -> None:
+    if list(shape) != list(saved['shape']) or dtype != saved['dtype']:
+        raise ModelFileError(
+            f"{folder}: array '{item}/{path}' was saved as {saved['dtype']}{list(saved['shape'])}, "
+            f'and this network needs {dtype}{list(shape)}; load it into a learner built the '
+            'same way')
 
 
 def _check_algorithm(digest: dict, folder: str) -> None:

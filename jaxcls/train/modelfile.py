@@ -24,7 +24,7 @@ from jaxcls.data import transforms as T
 from . import checkpoint as ckpt
 from . import export as ex
 from .integrity import DamagedModelError, ModelFileError  # noqa: F401 (re-exported)
-from .integrity import tree_shapes
+from .integrity import tree_shapes, verify_shapes
 from .recipe import init_ema
 
 # Everything a model must describe to be rebuilt without its training data.
@@ -133,7 +133,7 @@ def load(learn, name: str) -> None:
     state = learn.state
     if os.path.isfile(folder):
         _, tree = ex.read_export(folder)
-        ckpt.verify_shapes({'params': state.params, 'batch_stats': state.batch_stats},
+        verify_shapes({'params': state.params, 'batch_stats': state.batch_stats},
                            {'arrays': {'state': tree_shapes(tree)}}, folder)
         cast = {k: jax.tree_util.tree_map(lambda t, a: jnp.asarray(a, t.dtype), getattr(state, k),
                                           tree[k]) for k in ('params', 'batch_stats')}
