@@ -208,21 +208,21 @@ class ModelCheckpoint(Callback):
 
     # -------------------------------------------------------------- reading
 
+    def _read_json(self, step: int, item: str, what: str) -> Any:
+        """A JSON item of one checkpoint, checked against its digest."""
+        with reading(self._where(step), what, _FIX):
+            value = self.manager.restore(step, args=ocp.args.Composite(
+                **{item: ocp.args.JsonRestore()}))[item]
+        verify_json(value, self._digest(step), self._where(step), item, _FIX)
+        return value
+
     def read_record(self, step: int) -> dict:
         """The 'progress' JSON of one checkpoint, checked against its digest."""
-        with reading(self._where(step), 'progress record', _FIX):
-            rec = self.manager.restore(step, args=ocp.args.Composite(
-                progress=ocp.args.JsonRestore()))['progress']
-        verify_json(rec, self._digest(step), self._where(step), 'progress', _FIX)
-        return rec
+        return self._read_json(step, 'progress', 'progress record')
 
     def read_meta(self, step: int) -> dict:
         """The model description ('meta') of one checkpoint, checked against its digest."""
-        with reading(self._where(step), 'description (meta)', _FIX):
-            meta = self.manager.restore(step, args=ocp.args.Composite(
-                meta=ocp.args.JsonRestore()))['meta']
-        verify_json(meta, self._digest(step), self._where(step), 'meta', _FIX)
-        return meta
+        return self._read_json(step, 'meta', 'description (meta)')
 
     def read_state(self, step: int, target: Any) -> dict:
         """The state arrays of one checkpoint, restored onto `target`'s shapes and shardings
