@@ -4,7 +4,8 @@ no server and nothing fetched, so a page opens from disk in any browser and can 
 The building blocks of `jaxcls clean`'s contact sheet (:mod:`jaxcls.clean.sheet`) and
 `jaxcls interpret --html`'s report (:mod:`jaxcls.report`). Images arrive as arrays (encoded
 here with Pillow) or as PNG bytes (matplotlib figures, which :mod:`jaxcls.plots` renders);
-this module imports nothing of jaxcls.
+this module imports nothing else of jaxcls
+(only `jaxcls.atomic_file`, to write a page whole).
 
     >>> uri = data_uri(b'\\x89PNG...', 'image/png'); uri[:22]
     'data:image/png;base64,'
@@ -20,6 +21,8 @@ import os
 from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
+
+from jaxcls.atomic_file import replaced
 
 __all__ = ['esc', 'data_uri', 'image_bytes', 'img', 'table', 'section', 'page', 'write']
 
@@ -111,10 +114,7 @@ def write(fname: str, document: str) -> str:
     atomically, UTF-8, through a temporary file renamed into place (named as the Ctrl-C
     guard's sweep expects); returns the absolute path."""
     fname = os.path.abspath(os.fspath(fname))
-    folder = os.path.dirname(fname)
-    os.makedirs(folder, exist_ok=True)
-    tmp = f'{fname}.{os.getpid()}.partial.tmp'
-    with open(tmp, 'w', encoding='utf-8', newline='') as f:
+    os.makedirs(os.path.dirname(fname), exist_ok=True)
+    with replaced(fname, encoding='utf-8', newline='') as f:
         f.write(document)
-    os.replace(tmp, fname)
     return fname

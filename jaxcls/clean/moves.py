@@ -23,6 +23,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
+from jaxcls.atomic_file import replaced
+
 __all__ = ['QUARANTINE', 'DecisionError', 'Move', 'Applied', 'read_decisions', 'plan_moves',
            'apply_moves', 'apply_decisions', 'undo']
 
@@ -162,11 +164,9 @@ def plan_moves(root: str, decisions: Iterable[tuple[int, str, str]], where: str 
 
 
 def _write_json(fname: str, obj: dict) -> None:
-    tmp = f'{fname}.{os.getpid()}.partial.tmp'
-    with open(tmp, 'w', encoding='utf-8') as f:
+    with replaced(fname, encoding='utf-8') as f:
         json.dump(obj, f, indent=1)
         f.write('\n')
-    os.replace(tmp, fname)
 
 
 def _manifest_name(root: str) -> str:

@@ -38,6 +38,8 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxcls.atomic_file import replaced
+
 __all__ = [
     'FORMAT_VERSION', 'CACHE_MARGIN', 'MMAP_BYTES', 'RAM_FRACTION', 'default_cache_size',
     'jaxcls_version', 'manifest_fingerprint', 'array_fingerprint', 'stat_sources', 'cache_base',
@@ -220,7 +222,5 @@ def wait_for_cache_writes(timeout: float | None = None) -> bool:
 
 
 def _atomic_json(path: str, obj: dict) -> None:
-    tmp = f'{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp'
-    with open(tmp, 'w') as f:
+    with replaced(path) as f:
         json.dump(obj, f)
-    os.replace(tmp, path)

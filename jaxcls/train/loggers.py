@@ -18,6 +18,8 @@ import glob
 import os
 from typing import Optional
 
+from jaxcls.atomic_file import replaced
+
 from .callbacks import Callback
 from .event_file import EventFileWriter, decode_scalars, read_records
 
@@ -26,10 +28,8 @@ __all__ = ['CSVLogger', 'TensorBoardLogger', 'purge_events']
 
 def _replace_text(fname: str, rows: list[list[str]]) -> None:
     """Write CSV rows to `fname` through a temporary file and one rename."""
-    tmp = f'{fname}.{os.getpid()}.tmp'
-    with open(tmp, 'w', newline='') as f:
+    with replaced(fname, newline='') as f:
         csv.writer(f).writerows(rows)
-    os.replace(tmp, fname)
 
 
 class CSVLogger(Callback):
@@ -160,8 +160,6 @@ def purge_events(logdir: str, step: int, epoch: int) -> int:
         if scalars == 0:
             os.remove(path)
             continue
-        tmp = f'{path}.{os.getpid()}.tmp'
-        with open(tmp, 'wb') as f:
+        with replaced(path, 'wb') as f:
             f.write(b''.join(kept))
-        os.replace(tmp, path)
     return removed
