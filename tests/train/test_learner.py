@@ -173,20 +173,22 @@ def test_per_group_rates_reach_the_optimizer_and_callbacks_observe(data):
 
 def test_precompute_cache_is_keyed_by_images_and_weights(tmp_path):
     root = make_folder(tmp_path / 'pc', n_train=6, n_valid=4)
-    tfms = tfms_from_model(TINY, SZ)
-    data = ImageClassifierData.from_paths(root, bs=4, tfms=tfms, quiet=True)
+    # The module's transforms and batch size: the steps the tests above compiled serve this
+    # one too (at bs=4 without augmentation it compiled an unfrozen step of its own, ~5 s).
+    tfms = tfms_from_model(TINY, SZ, aug_tfms=transforms_side_on, max_zoom=1.1)
+    data = ImageClassifierData.from_paths(root, bs=10, tfms=tfms, quiet=True)
     learn = learner(data, precompute=True)
     f1 = np.array(learn._features['train'])
     files = sorted(os.listdir(os.path.join(root, 'tmp', 'precompute')))
     assert len(files) == 2  # train and valid features on disk
     # Same images, same weights: served from disk, identical.
-    again = learner(ImageClassifierData.from_paths(root, bs=4, tfms=tfms, quiet=True), precompute=True)
+    again = learner(ImageClassifierData.from_paths(root, bs=10, tfms=tfms, quiet=True), precompute=True)
     np.testing.assert_array_equal(again._features['train'], f1)
     # Change one training image: a new data fingerprint, so new features for train.
     img = os.path.join(root, 'train', 'cats', 'cats.0.png')
     Image.fromarray(np.full((40, 40, 3), 255, np.uint8)).save(img)
     os.utime(img, ns=(os.stat(img).st_atime_ns, os.stat(img).st_mtime_ns + 10 ** 9))
-    changed = learner(ImageClassifierData.from_paths(root, bs=4, tfms=tfms, quiet=True),
+    changed = learner(ImageClassifierData.from_paths(root, bs=10, tfms=tfms, quiet=True),
                       precompute=True)
     i = changed.data.trn_ds.fnames.index('train/cats/cats.0.png')
     assert not np.allclose(changed._features['train'][i], f1[i])

@@ -111,8 +111,8 @@ def test_a_step_over_mem_budget_is_refused_with_the_batch_size_that_fits(data):
     needs more is refused before it runs, the message names the bs XLA's analysis says fits,
     and after learn.set_bs(that) the same fit runs, in the same session."""
     learn = learner(data)                                  # bs=16, the head trains
-    need = {bs: learn.step_memory(bs, unfrozen=False) for bs in (16, 8, 4)}
-    assert need[16] > need[8] > need[4]
+    need = {bs: learn.step_memory(bs, unfrozen=False) for bs in (16, 8)}
+    assert need[16] > need[8]       # down to bs=4: test_step_memory_grows_with_bs_...'s check
     learn.mem_budget = (need[8] + need[16]) // 2           # 8 fits, 16 does not
     before = params_copy(learn)
     with pytest.raises(OutOfDeviceMemory, match=(
