@@ -4,8 +4,7 @@ no server and nothing fetched, so a page opens from disk in any browser and can 
 The building blocks of `jaxcls clean`'s contact sheet (:mod:`jaxcls.clean.sheet`) and
 `jaxcls interpret --html`'s report (:mod:`jaxcls.report`). Images arrive as arrays (encoded
 here with Pillow) or as PNG bytes (matplotlib figures, which :mod:`jaxcls.plots` renders);
-this module imports nothing else of jaxcls
-(only `jaxcls.atomic_file`, to write a page whole).
+of jaxcls this module imports only `jaxcls.atomic_file`, to write a page whole.
 
     >>> uri = data_uri(b'\\x89PNG...', 'image/png'); uri[:22]
     'data:image/png;base64,'

@@ -24,8 +24,8 @@ import numpy as np
 from jaxcls.models.weight_files import read_safetensors, write_safetensors
 
 from . import safe_write as sw
-from .integrity import (DamagedModelError, ModelFileError, digest_item,
-                        leaf_paths, verify_json, verify_tree)
+from .integrity import (DamagedModelError, ModelFileError, digest_item, leaf_paths,
+                        verify_json, verify_tree)
 
 __all__ = ['MARKER', 'EXPORT_FORMAT', 'write_export', 'read_export', 'read_export_meta']
 

@@ -134,7 +134,7 @@ def load(learn, name: str) -> None:
     if os.path.isfile(folder):
         _, tree = ex.read_export(folder)
         verify_shapes({'params': state.params, 'batch_stats': state.batch_stats},
-                           {'arrays': {'state': tree_shapes(tree)}}, folder)
+                      {'arrays': {'state': tree_shapes(tree)}}, folder)
         cast = {k: jax.tree_util.tree_map(lambda t, a: jnp.asarray(a, t.dtype), getattr(state, k),
                                           tree[k]) for k in ('params', 'batch_stats')}
         ema = init_ema(cast) if learn.recipe.ema else None   # an export holds one model

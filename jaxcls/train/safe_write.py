@@ -25,8 +25,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import glob
 import fcntl
+import glob
 import json
 import os
 import re
