@@ -205,7 +205,10 @@ def test_preview_batch_and_aug_samples(tmp_path):
         data.preview_batch(0)
     # Augmented versions of one training image.
     samples = data.aug_samples(2, 5, key=5)
-    ref = tr.denorm(np.asarray(tr.aug_samples(jax.random.PRNGKey(5), x[2], trn_cfg, 5)), trn_cfg)
+    # The reference runs jitted like the first one: op by op, aug_samples compiled about
+    # 120 small programs (5 s of this test).
+    ref = tr.denorm(np.asarray(tfm_loader.jitted('aug_samples')(jax.random.PRNGKey(5), x[2],
+                                                              trn_cfg, 5)), trn_cfg)
     assert samples.shape == (5, 16, 16, 3)
     np.testing.assert_allclose(samples, ref, atol=1e-5)
     assert len({s.tobytes() for s in samples}) > 1
