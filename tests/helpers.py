@@ -19,12 +19,17 @@ from PIL import Image
 
 from jaxcls import ConvLearner
 from jaxcls.archs import ArchSpec
+from jaxcls.data.decode_cache import default_cache_size
 
 # One basic block per stage: every code path of ResNet34 at a fraction of the compile time.
 TINY = ArchSpec('resnet_tiny', 'basic', (1, 1, 1, 1), 512)
 
 
 SZ = 32
+# The side at which test data built from arrays is stored: what from_paths caches for SZ
+# (37 px), so the steps compiled for array-built and folder-built data are the same programs
+# and a test reuses what another compiled (tests/conftest.py's shared XLA cache).
+CACHE = default_cache_size(SZ)
 
 
 def make_folder(root, n_train=24, n_valid=12, size=40, seed=0, classes=('cats', 'dogs')):
@@ -48,12 +53,12 @@ def normal(seed, shape):
     return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
 
 
-def colour_square_arrays(n, seed=0):
-    """(x, y): n 36 px uint8 images of dark noise with a fixed red (class 0) or blue (class 1)
-    square, for from_arrays."""
+def colour_square_arrays(n, seed=0, side=36):
+    """(x, y): n `side` px uint8 images of dark noise with a fixed red (class 0) or blue
+    (class 1) square, for from_arrays."""
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 2, n)
-    x = rng.integers(0, 80, (n, 36, 36, 3)).astype(np.uint8)
+    x = rng.integers(0, 80, (n, side, side, 3)).astype(np.uint8)
     x[y == 1, 8:24, 8:24, 2] = 230
     x[y == 0, 8:24, 8:24, 0] = 230
     return x, y
@@ -61,12 +66,12 @@ def colour_square_arrays(n, seed=0):
 
 def square_data(path, n, n_train, seed=0, bs=10):
     """ImageClassifierData of `colour_square_arrays(n, seed)`: the first n_train to train, the
-    rest to validate, tiny-arch transforms at 32 px from 36 px images."""
+    rest to validate, tiny-arch transforms at SZ px from CACHE px images."""
     from jaxcls import ImageClassifierData, tfms_from_model
-    x, y = colour_square_arrays(n, seed=seed)
+    x, y = colour_square_arrays(n, seed=seed, side=CACHE)
     return ImageClassifierData.from_arrays(str(path), (x[:n_train], y[:n_train]),
                                            (x[n_train:], y[n_train:]), bs=bs,
-                                           tfms=tfms_from_model(TINY, SZ), cache_size=36)
+                                           tfms=tfms_from_model(TINY, SZ), cache_size=CACHE)
 
 
 @contextlib.contextmanager

@@ -9,17 +9,17 @@ from jaxcls import ConvLearner, ImageClassifierData, tfms_from_model
 from jaxcls.train.memory import (BatchSizeChoice, OutOfDeviceMemory, choose_batch_size,
                                  device_budget)
 
-from helpers import TINY, cache_use, learner, params_copy, trees_equal
+from helpers import CACHE, TINY, cache_use, learner, params_copy, trees_equal
 
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 50)
-    x = rng.integers(0, 80, (50, 36, 36, 3)).astype(np.uint8)
+    x = rng.integers(0, 80, (50, CACHE, CACHE, 3)).astype(np.uint8)
     return ImageClassifierData.from_arrays(str(tmp_path_factory.mktemp('mem')), (x[:40], y[:40]),
                                            (x[40:], y[40:]), bs=16, tfms=tfms_from_model(TINY, 32),
-                                           cache_size=36)
+                                           cache_size=CACHE)
 
 
 def test_halving_chooser():
@@ -70,7 +70,7 @@ def test_pretrained_bs_auto_judges_the_unfrozen_step_and_uses_the_choice(data):
     assert learn.data.bs == 8 and len(learn.data.trn_dl) == 5 and learn.data.trn_dl.bs == 8
     assert data.bs == 16 and learn.data is not data          # the caller's data is unchanged
     batch = next(learn.data.trn_dl.iter_epoch(0))
-    assert batch['image'].shape == (8, 36, 36, 3)
+    assert batch['image'].shape == (8, CACHE, CACHE, 3)
     assert ConvLearner.pretrained(TINY, data, pretrained=False, quiet=True, bs=4).data.bs == 4
     with pytest.raises(ValueError, match="bs='big'; use an int, None"):
         ConvLearner.pretrained(TINY, data, pretrained=False, quiet=True, bs='big')

@@ -16,7 +16,7 @@ from jaxcls.train.resume import ModelCheckpoint
 from jaxcls.train.state import create_train_state
 from jaxcls.train.steps import make_train_step, sigmoid_loss, softmax_loss
 
-from helpers import TINY, learner, trees_equal
+from helpers import CACHE, TINY, learner, trees_equal
 
 KEY = jax.random.PRNGKey(3)
 
@@ -241,7 +241,7 @@ def _tinted(n, seed=0):
     picture, as MixUp and CutMix assume (a pasted box carries its share of the label)."""
     rng = np.random.default_rng(seed)
     y = np.arange(n) % 2
-    x = rng.integers(0, 120, (n, 36, 36, 3)).astype(np.uint8)
+    x = rng.integers(0, 120, (n, CACHE, CACHE, 3)).astype(np.uint8)
     x[y == 0, :, :, 0] += 100
     x[y == 1, :, :, 2] += 100
     return x, y
@@ -253,7 +253,7 @@ def data(tmp_path_factory):
     tfms = tfms_from_model(TINY, 32, aug_tfms=transforms_side_on, max_zoom=1.1)
     return ImageClassifierData.from_arrays(str(tmp_path_factory.mktemp('recipe')),
                                            (x[:40], y[:40]), (x[40:], y[40:]), bs=10, tfms=tfms,
-                                           cache_size=36)
+                                           cache_size=CACHE)
 
 
 @pytest.mark.parametrize('opts', [RECIPE_A, RECIPE_B], ids=['mixup+smoothing+ema+accumulate',
