@@ -22,8 +22,8 @@ demo: $(VENV)/.installed
 # cold compile cache: 5 min 45 s to 6 min 10 s in a quiet hour, 6:45 to 8:05 in a busy one
 # (when one probe compile took 25% more CPU; both cores busy throughout; three workers:
 # 6:29); warm: 2:50 to 3:40. xdist hands out the files with the most tests first; running
-# the slowest first instead gained nothing (6:05 vs 6:07). TEST_WORKERS=0 runs everything
-# in this process.
+# the slowest first instead gained nothing (6:05 vs 6:07). bench/suite_cpu.py shows where
+# the time goes. TEST_WORKERS=0 runs everything in this process.
 TEST_WORKERS ?= 2
 
 test: $(VENV)/.installed
