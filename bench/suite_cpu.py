@@ -79,7 +79,7 @@ def pytest_runtest_protocol(item, nextitem):
     yield
     own1, kids1 = _cpu()
     _write({'test': item.nodeid, 'own': own1 - own0, 'sub': kids1 - kids0,
-            'wall': time.time() - t0, 'pid': os.getpid(),
+            'wall': time.time() - t0,
             **{k: _seconds[k] - before.get(k, 0.0) for k in ('compile', 'trace')}})
 
 
