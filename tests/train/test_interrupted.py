@@ -14,8 +14,10 @@ from helpers import SZ, TINY, learner, make_folder, params_copy, trees_equal
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
-    path = make_folder(tmp_path_factory.mktemp('dogscats'), n_train=10, n_valid=5)
-    return ImageClassifierData.from_paths(path, bs=5, tfms=tfms_from_model(TINY, SZ), quiet=True)
+    # 4 batches an epoch at bs 10, the batch size of helpers.square_data: the same steps as
+    # tests/train/test_learner.py's, so the suite's XLA cache compiles them once for both.
+    path = make_folder(tmp_path_factory.mktemp('dogscats'), n_train=20, n_valid=10)
+    return ImageClassifierData.from_paths(path, bs=10, tfms=tfms_from_model(TINY, SZ), quiet=True)
 
 
 class Snapshots(Callback):
@@ -123,7 +125,7 @@ def test_lr_find_predict_tta_and_precompute_leave_the_learner_as_it_was(data):
         assert 'interrupted predicting; the learner is as it was' in '\n'.join(e.value.__notes__)
     d.val_dl = val
     assert trees_equal(before, params_copy(learn))
-    assert learn.predict().shape == (10, 2)                 # and the next call works
+    assert learn.predict().shape == (20, 2)                 # and the next call works
 
     ds = d.trn_ds
     d.trn_ds = InterruptingImages(ds)
