@@ -9,7 +9,11 @@ import tempfile
 # optimisation, fusion and every numeric rule are the same; bench/ measures the default.
 # (Level 0 would save more, but miscompiles here: a jitted Grad-CAM gave inf weights.)
 TEST_XLA_FLAGS = '--xla_backend_optimization_level=1'
-os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
+# Once: xdist's workers inherit the controller's environment and import this file again, and
+# jax's persistent-cache key hashes XLA_FLAGS word by word, so a doubled flag gave the workers
+# other keys than a one-process run (`pytest tests/x.py` after `make test` compiled anew).
+if TEST_XLA_FLAGS not in os.environ.get('XLA_FLAGS', '').split():
+    os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
 
 # Many tests build the same small networks; XLA's persistent cache lets every test after
 # the first reuse a compiled step instead of compiling it again (compiles dominate here).
