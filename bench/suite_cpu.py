@@ -12,7 +12,10 @@ from the repository root, as the README's test command runs the suite:
 run). After the usual summary it prints the CPU seconds of each test file and of the
 costliest tests: the total, the part in subprocesses, and the worker's own XLA compile
 seconds and tracing and lowering seconds (jax's monitoring events; a subprocess's compiles
-are inside its CPU). `--suite-cpu-top N` sets how many rows each table shows.
+are inside its CPU). A third table sums the workers' XLA compiles by jitted function (a
+load from the persistent cache is not counted): how many programs of `train_step` etc. the
+suite compiled, their seconds, and the test files that asked for them. `--suite-cpu-top N`
+sets how many rows each table shows.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import json
 import os
 import resource
 import tempfile
+import threading
 import time
 
 import pytest
@@ -32,15 +36,27 @@ COMPILE = '/jax/core/compile/backend_compile_duration'
 TRACE = ('/jax/core/compile/jaxpr_trace_duration',
          '/jax/core/compile/jaxpr_to_mlir_module_duration')
 
+HIT = '/jax/compilation_cache/cache_hits'   # fired just before the compile event it served
+
 _seconds = collections.Counter()   # this process's jax event totals
+_compiled: list = []               # (jitted function, seconds) of each XLA compile, not cache loads
+_hit = threading.local()
 _listening = False
 
 
 def _listen(event: str, duration: float, **kwargs) -> None:
     if event == COMPILE:
         _seconds['compile'] += duration
+        if not getattr(_hit, 'last', False):
+            _compiled.append((kwargs.get('fun_name'), duration))
+        _hit.last = False
     elif event in TRACE:
         _seconds['trace'] += duration
+
+
+def _listen_hit(event: str, **kwargs) -> None:
+    if event == HIT:
+        _hit.last = True
 
 
 def _cpu() -> tuple[float, float]:
@@ -73,13 +89,14 @@ def pytest_runtest_protocol(item, nextitem):
     if not _listening:   # the first test here (an xdist controller runs none, nor imports jax)
         import jax
         jax.monitoring.register_event_duration_secs_listener(_listen)
+        jax.monitoring.register_event_listener(_listen_hit)
         _listening = True
     own0, kids0 = _cpu()
-    before, t0 = dict(_seconds), time.time()
+    before, t0, n0 = dict(_seconds), time.time(), len(_compiled)
     yield
     own1, kids1 = _cpu()
     _write({'test': item.nodeid, 'own': own1 - own0, 'sub': kids1 - kids0,
-            'wall': time.time() - t0,
+            'wall': time.time() - t0, 'programs': _compiled[n0:],
             **{k: _seconds[k] - before.get(k, 0.0) for k in ('compile', 'trace')}})
 
 
@@ -89,6 +106,23 @@ def _table(rows, top, label):
         lines.append(f"{r['own'] + r['sub']:7.1f} {r['sub']:8.1f} {r['compile']:8.1f} "
                      f"{r['trace']:7.1f} {r['wall']:7.1f}  {name}")
     return lines
+
+
+def _programs(tests, top):
+    """The workers' XLA compiles by jitted function: count, seconds, the test files asking."""
+    by = collections.defaultdict(lambda: [0, 0.0, collections.Counter()])
+    for r in tests:
+        for fun, s in r['programs']:
+            row = by[fun]
+            row[0] += 1
+            row[1] += s
+            row[2][r['test'].split('::')[0]] += s
+    lines = [f"{'compiles':>8} {'s':>7}  function: the files that compiled most of it"]
+    for fun, (n, s, where) in sorted(by.items(), key=lambda kv: -kv[1][1])[:top]:
+        files = ', '.join(f'{os.path.basename(f)} {x:.0f}' for f, x in where.most_common(4))
+        more = f' (+{len(where) - 4} files)' if len(where) > 4 else ''
+        lines.append(f'{n:8d} {s:7.1f}  {fun}: {files}{more}')
+    return lines if by else lines + ['       0          (every program came from the persistent cache)']
 
 
 def pytest_terminal_summary(terminalreporter, config):
@@ -113,7 +147,8 @@ def pytest_terminal_summary(terminalreporter, config):
                 f"tracing and lowering: {total('trace'):.0f} s")
     out = [head, jax_line, '']
     out += _table(files, top, 'file') + ['']
-    out += _table({r['test']: r for r in tests}, top, 'test')
+    out += _table({r['test']: r for r in tests}, top, 'test') + ['']
+    out += _programs(tests, top)
     terminalreporter.write_sep('=', 'suite_cpu')
     for line in out:
         terminalreporter.write_line(line)
