@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxcls import ImageClassifierData, tfms_from_model
+from jaxcls import ImageClassifierData, tfms_from_model, transforms_side_on
 from jaxcls.data.tfm_loader import TfmDataLoader
 from jaxcls.train.callbacks import Callback
 
@@ -14,10 +14,11 @@ from helpers import SZ, TINY, learner, make_folder, params_copy, trees_equal
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
-    # 4 batches an epoch at bs 10, the batch size of helpers.square_data: the same steps as
-    # tests/train/test_learner.py's, so the suite's XLA cache compiles them once for both.
+    # 4 batches an epoch, at the batch size and transforms of tests/train/test_learner.py's
+    # data: the same steps, so the suite's XLA cache compiles them once for both files.
     path = make_folder(tmp_path_factory.mktemp('dogscats'), n_train=20, n_valid=10)
-    return ImageClassifierData.from_paths(path, bs=10, tfms=tfms_from_model(TINY, SZ), quiet=True)
+    tfms = tfms_from_model(TINY, SZ, aug_tfms=transforms_side_on, max_zoom=1.1)
+    return ImageClassifierData.from_paths(path, bs=10, tfms=tfms, quiet=True)
 
 
 class Snapshots(Callback):
