@@ -36,7 +36,8 @@ import threading
 import time
 from typing import Callable, Optional
 
-__all__ = ['Guard', 'EXIT_INTERRUPTED', 'GRACE_S', 'SWEEP_S', 'complete_steps', 'remove_partial']
+__all__ = ['Guard', 'EXIT_INTERRUPTED', 'GRACE_S', 'SWEEP_S', 'complete_steps', 'remove_partial',
+           'sweep_until_quiet']
 
 #: The shell's status for a command ended by SIGINT (128 + 2).
 EXIT_INTERRUPTED = 130
@@ -85,6 +86,17 @@ def remove_partial(directory: Optional[str]) -> list[str]:
             continue
         gone.append(n)
     return gone
+
+
+def sweep_until_quiet(sweep: Callable[[], list], seconds: float, pause: float = 0.02) -> None:
+    """Call `sweep` (it removes partial writes and returns what it removed) until two passes
+    in a row remove nothing, `pause` seconds apart, or `seconds` have passed: the writer
+    threads of a write cut short (Orbax's) may create files for a moment more."""
+    deadline, quiet = time.monotonic() + seconds, 0
+    while quiet < 2 and time.monotonic() < deadline:
+        quiet = 0 if sweep() else quiet + 1
+        if quiet < 2:
+            time.sleep(pause)
 
 
 def _lock_pid(path: str) -> Optional[int]:
@@ -223,11 +235,7 @@ class Guard:
                     pass
             if hard:
                 _silence_stdio()
-            deadline, quiet = time.monotonic() + SWEEP_S, 0
-            while quiet < 2 and time.monotonic() < deadline:
-                quiet = 0 if self._sweep() else quiet + 1
-                if quiet < 2:
-                    time.sleep(0.02)
+            sweep_until_quiet(self._sweep, SWEEP_S)
             self._exit_fn(status)
 
     def finish(self, status: int) -> None:

@@ -170,8 +170,11 @@ class ModelCheckpoint(Callback):
             self._mngr.wait_until_finished()
         except Exception as e:  # noqa: BLE001 -- Orbax's async writer raises plain Exception
             self._mngr = None            # its state is unknown after a failed write: reopen
-            from jaxcls.interrupts import remove_partial
-            remove_partial(self.directory)
+            from jaxcls.interrupts import remove_partial, sweep_until_quiet
+            # Orbax raises the first failed part of the write while the others' threads may
+            # still be creating files in its temporary folder: wait for them, then sweep.
+            sw.join_orbax_threads()
+            sweep_until_quiet(lambda: remove_partial(self.directory), sw.REMOVE_S)
             if sw.is_out_of_space(e):
                 raise NotEnoughSpaceError(
                     f'the disk filled up while writing a checkpoint to {self.directory}; the '

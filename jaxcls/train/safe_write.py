@@ -33,14 +33,15 @@ import re
 import shutil
 import socket
 import sys
+import threading
 import time
 import uuid
 from typing import Optional
 
 from .integrity import FolderBusyError, NotEnoughSpaceError
 
-__all__ = ['FolderLock', 'check_space', 'replace_folder', 'replacing', 'recover', 'remove_temp',
-           'temp_name', 'sweep_stale', 'is_out_of_space']
+__all__ = ['FolderLock', 'check_space', 'join_orbax_threads', 'replace_folder', 'replacing',
+           'recover', 'remove_temp', 'temp_name', 'sweep_stale', 'is_out_of_space']
 
 _RENAME_EXCHANGE = 2           # linux/fs.h
 _AT_FDCWD = -100
@@ -143,14 +144,28 @@ def replace_folder(new: str, final: str) -> None:
 # A write cut short (an exception, Ctrl-C) may leave writer threads (Orbax's) that create
 # files for a moment more: removing its temporary folder is retried this long, passes 20 ms
 # apart, until it stays gone.
-_REMOVE_S = 0.5
+REMOVE_S = 0.5
+# The longest a failed write waits for Orbax's other writer threads to end before its
+# temporary folder is removed (Orbax raises the first failed part of a write while the other
+# parts' threads may still be creating files): they fail or finish within milliseconds (a
+# full disk fails every write), and a loaded machine can hold a thread back a second or more.
+WRITERS_S = 10.0
+
+
+def join_orbax_threads(seconds: float = WRITERS_S) -> None:
+    """Wait (at most `seconds` in all) for the live threads Orbax started, other than this one."""
+    deadline = time.monotonic() + seconds
+    for t in threading.enumerate():
+        if t is not threading.current_thread() and type(t).__module__.startswith('orbax.'):
+            t.join(max(0.0, deadline - time.monotonic()))
 
 
 def remove_temp(path: str) -> None:
     """Remove an unfinished write: the file or folder `path` and Orbax's own temporary
-    siblings of it, again until they stay gone (see _REMOVE_S)."""
-    deadline, quiet = time.monotonic() + _REMOVE_S, 0
-    while quiet < 2 and time.monotonic() < deadline:
+    siblings of it, again until they stay gone (see REMOVE_S)."""
+    from jaxcls.interrupts import sweep_until_quiet
+
+    def sweep() -> list[str]:
         left = [path] + glob.glob(glob.escape(path) + '.orbax-checkpoint-tmp*')
         left = [p for p in left if os.path.lexists(p)]
         for p in left:
@@ -159,9 +174,8 @@ def remove_temp(path: str) -> None:
             else:
                 with contextlib.suppress(OSError):
                     os.remove(p)
-        quiet = 0 if left else quiet + 1
-        if quiet < 2:
-            time.sleep(0.02)
+        return left
+    sweep_until_quiet(sweep, REMOVE_S)
 
 
 @contextlib.contextmanager
@@ -180,6 +194,8 @@ def replacing(final: str, nbytes: int, what: str):
         try:
             yield tmp
         except BaseException as e:
+            if not isinstance(e, KeyboardInterrupt):   # Ctrl-C: stop now, sweep what is there
+                join_orbax_threads()
             remove_temp(tmp)
             if is_out_of_space(e):
                 raise NotEnoughSpaceError(

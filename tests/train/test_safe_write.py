@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import numpy as np
@@ -135,6 +136,35 @@ def small_disk(tmp_path):
         subprocess.run(['mount', '-o', f'remount,{opts}', str(mnt)], check=True)
     yield mnt, resize
     subprocess.run(['umount', '-l', str(mnt)])
+
+
+def test_a_failed_checkpoint_waits_for_orbax_s_other_writers_then_leaves_nothing(tmp_path):
+    """Orbax raises the first failed part of a write while another part's thread may still be
+    creating files in the temporary folder (CI saw '4.orbax-checkpoint-tmp' left behind): the
+    sweep waits for that thread, however long a loaded machine holds it back."""
+    folder = tmp_path / 'ck'
+    part = folder / '4.orbax-checkpoint-tmp'
+    part.mkdir(parents=True)
+
+    def other_part():   # writes on for 0.4 s, 50 ms apart: longer than any sweep's quiet passes
+        for i in range(8):
+            time.sleep(0.05)
+            part.mkdir(exist_ok=True)
+            (part / f'array{i}').write_bytes(b'x')
+    writer = type('Writer', (threading.Thread,), {'__module__': 'orbax.checkpoint.stand_in'})(
+        target=other_part)
+
+    class Manager:      # the async write whose first part failed on a full disk
+        def wait_until_finished(self):
+            writer.start()
+            raise ValueError('RESOURCE_EXHAUSTED: No space left on device [os_error_code=28]')
+    chk = ModelCheckpoint(str(folder))
+    chk._mngr = Manager()
+    with pytest.raises(NotEnoughSpaceError, match='filled up while writing a checkpoint'):
+        chk.wait()
+    done = not writer.is_alive()
+    writer.join()
+    assert done and os.listdir(folder) == []
 
 
 def test_a_full_disk_is_refused_cleaned_up_and_resumed_from(tmp_path, small_disk):
