@@ -63,6 +63,8 @@ SCRIPT = textwrap.dedent('''
 
         def on_batch_end(self, learner, iteration, logs):
             step = learner.progress.step
+            if step == args.get('dump_step'):
+                np.savez(args['dump_step_to'], *leaves(learner.state))
             if step == args.get('kill_at'):
                 ck.wait()   # the step-6 write is complete: a plain mid-epoch kill
                 print('KILL ' + json.dumps({{'step': step}}), flush=True)
@@ -151,7 +153,8 @@ def test_killed_runs_resume_to_the_uninterrupted_params_bitwise(tmp_path):
 
     # 3. Resume from the newest complete checkpoint (the epoch end, step 8) to the end.
     rc, m, err = run(tmp_path, ck, tmp_path / 'resumed.npz', resume=True,
-                     dump_begin=str(tmp_path / 'b8.npz'))
+                     dump_begin=str(tmp_path / 'b8.npz'), dump_step=9,
+                     dump_step_to=str(tmp_path / 'a9.npz'))
     assert rc == 0, err[-3000:]
     assert m['RESTORED']['step'] == 8 and m['RESTORED']['batch'] == 0
     assert m['DONE']['step'] == 12
@@ -169,21 +172,26 @@ def test_killed_runs_resume_to_the_uninterrupted_params_bitwise(tmp_path):
     assert read_events(f'{ck}-tb') == ref_events and len(ref_events) > 12
 
     # 4. The step-8 checkpoint (written on 1 device) restored onto 2 devices.
-    rc, m2, err = run(tmp_path, half_copy, tmp_path / 'two.npz', ndev=2, resume=True,
-                      dump_begin=str(tmp_path / 'b8_two.npz'))
+    rc, m2, err = run(tmp_path, half_copy, ndev=2, resume=True,
+                      dump_begin=str(tmp_path / 'b8_two.npz'), dump_step=9,
+                      dump_step_to=str(tmp_path / 'a9_two.npz'))
     assert rc == 0, err[-3000:]
     assert m2['DONE']['devices'] == 2 and m2['RESTORED']['devices_per_leaf'] == [2]
+    assert m2['DONE']['step'] == 12 and len(m2['DONE']['history']) == len(mref['DONE']['history'])
     one, two = load(tmp_path / 'b8.npz'), load(tmp_path / 'b8_two.npz')
     assert all(np.array_equal(a, b) for a, b in zip(one, two))   # restoring is exact
-    # Training on (4 steps) after the restore: the rounding of the 2-device all-reduce, nothing
-    # more -- not bitwise. Measured: parameters and statistics <= 1e-5 relative L2, momentum
-    # buffers <= 4e-4 (the stem's, fed by the noisiest gradients).
-    fin = load(tmp_path / 'two.npz')
+    # The first step after the restore: the rounding of the 2-device all-reduce, nothing more --
+    # not bitwise. Measured: parameters and statistics 2e-6 to 5e-6 relative L2, momentum
+    # buffers 9e-6 to 1.2e-5, under the tests' XLA flags and the users'. One step only: this
+    # tiny random net with batch statistics over 10 images is chaotic (as in
+    # tests/e2e/test_sharding.py); after the epoch's 4 steps that rounding had grown to 1e-5
+    # under the users' XLA flags and to 1e-3 under the tests' (tests/conftest.py).
+    one, two = load(tmp_path / 'a9.npz'), load(tmp_path / 'a9_two.npz')
     rel = [float(np.linalg.norm(a.astype(np.float64) - b) / (np.linalg.norm(a) + 1e-6))
-           for a, b in zip(ref, fin)]
+           for a, b in zip(one, two)]
     n_model = m2['DONE']['n_model']
-    assert max(rel[:n_model]) < 1e-4 and max(rel) < 3e-3, (max(rel[:n_model]), max(rel))
-    assert abs(m2['DONE']['history'][-1][1] - mref['DONE']['history'][-1][1]) < 1e-3
+    assert max(rel[:n_model]) < 2e-5 and max(rel) < 1e-4, (max(rel[:n_model]), max(rel))
+    assert not all(np.array_equal(a, b) for a, b in zip(load(tmp_path / 'b8.npz'), one))  # a step
 
 
 # ---------------------------------------------------------------- in-process: the rules
