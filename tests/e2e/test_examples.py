@@ -76,7 +76,12 @@ def test_notebook_cells_are_the_scripts_cells():
 def test_lesson1_quick_end_to_end(tmp_path):
     path = make_folder(tmp_path / 'dogscats', n_train=12, n_valid=6)
     out = tmp_path / 'figures'
-    env = dict(os.environ, JAXCLS_OFFLINE='1')   # the suite's XLA cache comes with it (conftest.py)
+    # The suite's XLA cache comes with it (conftest.py), but not the tests' XLA flags: this
+    # one run of the whole lesson compiles as users do (LLVM's optimisation, every emitter,
+    # the machine's own instruction set).
+    test_flags = os.environ.get('JAXCLS_TEST_XLA_FLAGS', '').split()
+    xla_flags = ' '.join(f for f in os.environ.get('XLA_FLAGS', '').split() if f not in test_flags)
+    env = dict(os.environ, JAXCLS_OFFLINE='1', XLA_FLAGS=xla_flags)
     p = subprocess.run([sys.executable, SCRIPT, '--path', path, '--arch', 'resnet18', '--sz', '32',
                         '--quick', '--out', str(out)], capture_output=True, text=True, env=env,
                        timeout=600)
