@@ -18,10 +18,11 @@ os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
 # Tests compile hundreds of small programs and run each for milliseconds, so the time XLA:CPU
 # spends making fast machine code is spent for nothing here. On x86-64 the tests compile
 # with LLVM's optimisation off (level 0; users get 3) and XLA's older loop emitters instead
-# of its MLIR fusion emitters: the TINY train step compiles in 1.2-1.6 CPU s instead of 6-8
-# at the previous level 1, and the whole suite takes half the CPU (bench/README.md,
-# "suite_cpu.py"). HLO optimisation, fusion and every numeric rule are the same; bench/, the
-# demo and tests/e2e/test_examples.py compile as users do.
+# of its MLIR fusion emitters: the TINY train step compiles in 1.2-1.7 CPU s instead of
+# 7.4-8.9 at the previous level 1 (`python bench/compile_flags.py`), and the whole suite takes
+# half the CPU (bench/README.md, "compile_flags.py"). HLO optimisation, fusion and every
+# numeric rule are the same; bench/, the demo and the lesson example's end-to-end test
+# (tests/e2e/test_examples.py) compile as users do.
 # At level 0, LLVM fuses a multiply and an add into one FMA instruction in some kernels and
 # not in others, so two kernels that recompute the same x * a + b disagree in the last bit,
 # and the gradient of a max (which counts the elements equal to it) divides by zero: a

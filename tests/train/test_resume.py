@@ -185,7 +185,7 @@ def test_killed_runs_resume_to_the_uninterrupted_params_bitwise(tmp_path):
     # buffers 9e-6 to 1.2e-5, under the tests' XLA flags and the users'. One step only: this
     # tiny random net with batch statistics over 10 images is chaotic (as in
     # tests/e2e/test_sharding.py); after the epoch's 4 steps that rounding had grown to 1e-5
-    # under the users' XLA flags and to 1e-3 under the tests' (tests/conftest.py).
+    # under XLA's level 1 and to 1e-3 under the tests' flags (tests/conftest.py).
     one, two = load(tmp_path / 'a9.npz'), load(tmp_path / 'a9_two.npz')
     rel = [float(np.linalg.norm(a.astype(np.float64) - b) / (np.linalg.norm(a) + 1e-6))
            for a, b in zip(one, two)]
