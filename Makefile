@@ -19,10 +19,10 @@ demo: $(VENV)/.installed
 # Two worker processes, one test file each at a time (module fixtures are built once): most
 # of a test's time is tracing and XLA's single-threaded passes, so one process keeps about
 # 1.3 of 2 cores busy. Measured with two workers (582 tests) on a 2-core AMD EPYC
-# (2026-12-07): 5:12 with a cold compile cache (4:43 to 5:31 in three `bash .ci/run`s on clean
-# clones, 5:31 to 6:17 with the install), 4:00 warm, since the tests compile with the XLA flags in
-# tests/conftest.py (10:15 to 13:22 cold before them; 5:45 to 8:05 on a 2-core Intel Xeon
-# the day before). xdist hands out the files with the most tests first; running
+# (2026-12-07): 5:12 with a cold compile cache (4:43 to 5:31 in three `bash .ci/run`s on
+# clean clones, 5:31 to 6:17 with the install), 4:00 warm, since the tests compile with the
+# XLA flags in tests/conftest.py (10:15 to 13:22 cold before them; 5:45 to 8:05 on a 2-core
+# Intel Xeon the day before). xdist hands out the files with the most tests first; running
 # the slowest first instead gained nothing (6:05 vs 6:07). bench/suite_cpu.py shows where
 # the time goes. TEST_WORKERS=0 runs everything in this process.
 TEST_WORKERS ?= 2
