@@ -7,7 +7,8 @@ tests/train/test_learner.py builds it), in a fresh process per flag set
 (bench/sides/jaxcls_compile.py) with the persistent cache off, the flag sets alternating,
 and prints the medians of the repeats: the CPU seconds of XLA's compile (its threads
 included), its wall seconds, and the step's time. It also prints the loss of one run of the
-step: the flag sets round differently, so the losses agree to about 1e-6, not bit for bit. `--arch resnet34` measures what users compile.
+step: the flag sets round differently, so the losses agree to about 1e-6, not bit for bit.
+`--arch resnet34` measures what users compile.
 
     .venv/bin/python bench/compile_flags.py [--repeats 3]
     .venv/bin/python bench/compile_flags.py --arch resnet34 --sz 64 --bs 32 --repeats 2
@@ -52,7 +53,8 @@ def main() -> None:
         for name, flags in SETS.items():
             runs[name].append(measure(flags, args))
     print(f'{args.arch}, {args.sz} px, batch {args.bs}')
-    print(f"{'XLA flags':42s} {'compile CPU s':>14s} {'wall s':>7s} {'step ms':>8s}  loss of one step")
+    print(f"{'XLA flags':42s} {'compile CPU s':>14s} {'wall s':>7s} {'step ms':>8s}"
+          '  loss of one step')
     for name, rs in runs.items():
         med = {k: statistics.median(r[k] for r in rs) for k in ('cpu', 'wall', 'step')}
         print(f"{name:42s} {med['cpu']:14.2f} {med['wall']:7.2f} {1000 * med['step']:8.0f}"

@@ -122,7 +122,9 @@ def _programs(tests, top):
         files = ', '.join(f'{os.path.basename(f)} {x:.0f}' for f, x in where.most_common(4))
         more = f' (+{len(where) - 4} files)' if len(where) > 4 else ''
         lines.append(f'{n:8d} {s:7.1f}  {fun}: {files}{more}')
-    return lines if by else lines + ['       0          (every program came from the persistent cache)']
+    if not by:
+        lines.append('       0          (every program came from the persistent cache)')
+    return lines
 
 
 def pytest_terminal_summary(terminalreporter, config):

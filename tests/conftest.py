@@ -59,8 +59,9 @@ os.environ['JAXCLS_TEST_XLA_FLAGS'] = ' '.join(TEST_XLA_FLAGS)
 # XLA_FLAGS word by word, so a doubled flag gave the workers other keys than a one-process
 # run (`pytest tests/x.py` after `make test` compiled anew).
 _flags = os.environ.get('XLA_FLAGS', '').split()
-_set = {f.split('=')[0] for f in _flags}
-os.environ['XLA_FLAGS'] = ' '.join(_flags + [f for f in TEST_XLA_FLAGS if f.split('=')[0] not in _set])
+_names = {f.split('=')[0] for f in _flags}
+os.environ['XLA_FLAGS'] = ' '.join(
+    _flags + [f for f in TEST_XLA_FLAGS if f.split('=')[0] not in _names])
 
 # Test files in subfolders import the shared helpers of tests/ (make_folder, TINY, ...) by name.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -4,7 +4,8 @@ XLA_FLAGS, read when XLA starts, are the request's), the persistent compile cach
 Runs with jaxcls's python and this checkout on PYTHONPATH (compile_flags.py sets both):
 
     echo '{"arch": "tiny", "sz": 32, "bs": 10, "steps": 5}' | \
-        XLA_FLAGS=--xla_backend_optimization_level=0 PYTHONPATH=. python bench/sides/jaxcls_compile.py
+        XLA_FLAGS=--xla_backend_optimization_level=0 PYTHONPATH=. \
+        python bench/sides/jaxcls_compile.py
 
 Protocol: one JSON line on stdin, {"arch" ('tiny', the tests' net, or e.g. 'resnet34'),
 "sz", "bs", "steps"}; one JSON line on stdout, {"cpu": CPU seconds of XLA's compile (its
